@@ -1,0 +1,35 @@
+# Every target creates .venv and installs the package with its extras when
+# missing, so a fresh clone needs only Python 3.11+, a C compiler and make.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SOURCES := $(wildcard ext/datasync/_core/*.pyx ext/datasync/_core/*.pxd) \
+	pyproject.toml setup.py
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) $(SOURCES)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,demo]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/datasync demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+clean:
+	rm -rf build $(VENV) src/*.egg-info
+	find ext -name '*.c' -delete
+	find src -name '*.so' -delete

@@ -1,0 +1,1 @@
+"""Compiled core of datasync (private): events, prefix index, commit."""

@@ -1,0 +1,1 @@
+"""Key-value backends: the embedded LMDB store (``datasync.keyval.lmdb``)."""

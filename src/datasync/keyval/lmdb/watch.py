@@ -1,0 +1,344 @@
+"""Delivery of a store's changes to its subscriptions.
+
+One background thread per process and store (the dispatcher) reads the
+revision log after each commit, routes every revision's changes through
+the prefix index and offers one change event per matching subscription.
+
+Each subscription keeps a cursor: every change up to that revision has
+been delivered to it or was part of its snapshot. A subscription is in
+one of these states:
+
+- LIVE: it gets events straight from the dispatcher's pass over the log;
+- LAGGING: its channel was full (or it resumes from an old revision), so
+  it reads the log from its own cursor until it reaches the dispatcher;
+- RESYNC_PENDING: it needs a snapshot, because it is new or the log was
+  compacted past its cursor;
+- RESYNC_HELD: its snapshot was sent, and its changes wait until the
+  subscriber calls done() on the resync event or the notification timeout
+  passes, so that changes never overtake the snapshot they follow.
+
+Offers never block, so a slow consumer delays neither writers nor other
+subscriptions, and the log is its buffer.
+"""
+
+import logging
+import threading
+import time
+import weakref
+
+from datasync._core.events import (ChangeEvent, KVIterator, PrefixScan,
+                                   ResyncEvent, decode_log_record)
+from datasync._core.prefix import PrefixIndex, Subscriber
+from datasync.errors import RegistrationError, StoreClosedError
+from datasync.keyval.lmdb.env import rev_key
+
+log = logging.getLogger("datasync.watch")
+
+LIVE = "live"
+LAGGING = "lagging"
+RESYNC_PENDING = "resync-pending"
+RESYNC_HELD = "resync-held"
+CLOSED = "closed"
+
+# Seconds between offers to a channel that was full. Only consumers that
+# lag cause these wake-ups; an idle dispatcher sleeps until notified.
+LAG_RETRY = 0.005
+
+
+class Subscription(Subscriber):
+    """One watch: a resync name, its prefixes, channels and cursor."""
+
+    def __init__(self, name, prefixes, change_sink, resync_sink,
+                 same_channel, notif_timeout):
+        self.name = name
+        self.prefixes = []
+        self.change_sink = change_sink
+        self.resync_sink = resync_sink
+        self.same_channel = same_channel
+        self.notif_timeout = notif_timeout
+        self.state = RESYNC_PENDING
+        self.cursor = 0
+        self.held_until = 0.0
+        self.resync_acked = False
+        # Catch-up matches against this subscription's prefixes only. The
+        # index gets a stand-in subscriber, because each index stamps the
+        # subscribers it routes to with numbers of its own.
+        self.own_index = PrefixIndex()
+        self.stand_in = Subscriber()
+        self.prefixes.extend(prefixes)
+        for prefix in prefixes:
+            self.own_index.add(prefix, self.stand_in)
+
+    def on_change_done(self, event, error):
+        if error is not None:
+            log.error("subscription %r reported an error for revision %d: "
+                      "%r", self.name, event.revision, error)
+
+
+class Dispatcher:
+    """Routes committed revisions to the subscriptions of one process."""
+
+    def __init__(self, shared, notifier, housekeeping):
+        self.shared = shared
+        self.notifier = notifier
+        self.housekeeping = housekeeping
+        self.lock = threading.RLock()
+        self.index = PrefixIndex()
+        self.subscriptions = {}
+        self._stopping = False
+        with shared.read() as txn:
+            self.position = shared.revision(txn)
+        notifier.listen()
+        self._thread = threading.Thread(
+            target=self._run, name="datasync-dispatcher", daemon=True)
+        self._thread.start()
+
+    # Subscriptions --------------------------------------------------------
+
+    def add(self, sub, from_revision):
+        with self.lock:
+            if sub.name in self.subscriptions:
+                raise RegistrationError(
+                    f"a subscription named {sub.name!r} already watches "
+                    "this store; close it first or choose another name")
+            if from_revision is not None:
+                sub.state = LAGGING
+                sub.cursor = from_revision
+            self.subscriptions[sub.name] = sub
+            for prefix in sub.prefixes:
+                self.index.add(prefix, sub)
+        self.notifier.wake_self()
+
+    def add_prefix(self, sub, prefix):
+        with self.lock:
+            self._check_open(sub)
+            if prefix in sub.prefixes:
+                raise RegistrationError(
+                    f"subscription {sub.name!r} already watches prefix "
+                    f"{prefix!r}")
+            sub.prefixes.append(prefix)
+            sub.own_index.add(prefix, sub.stand_in)
+            self.index.add(prefix, sub)
+
+    def remove_prefix(self, sub, prefix):
+        with self.lock:
+            self._check_open(sub)
+            if prefix not in sub.prefixes:
+                raise RegistrationError(
+                    f"subscription {sub.name!r} does not watch prefix "
+                    f"{prefix!r}; it watches {sub.prefixes!r}")
+            sub.prefixes.remove(prefix)
+            sub.own_index.remove(prefix, sub.stand_in)
+            self.index.remove(prefix, sub)
+
+    def request_resync(self, sub):
+        with self.lock:
+            self._check_open(sub)
+            sub.state = RESYNC_PENDING
+        self.notifier.wake_self()
+
+    def remove(self, sub):
+        with self.lock:
+            if sub.state == CLOSED:
+                return False
+            sub.state = CLOSED
+            for prefix in sub.prefixes:
+                self.index.remove(prefix, sub)
+            del self.subscriptions[sub.name]
+        # Outside the lock: closing a callback sink joins its thread, and
+        # that callback may be waiting for the lock (say, in register()).
+        sub.change_sink.close()
+        if not sub.same_channel:
+            sub.resync_sink.close()
+        return True
+
+    def _check_open(self, sub):
+        if sub.state == CLOSED:
+            raise StoreClosedError(
+                f"subscription {sub.name!r} is closed; watch again")
+
+    def stop(self):
+        self._stopping = True
+        self.notifier.wake_self()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10.0)
+        with self.lock:
+            subs = list(self.subscriptions.values())
+        for sub in subs:
+            self.remove(sub)
+
+    # The loop -------------------------------------------------------------
+
+    def _run(self):
+        timeout = 0.0
+        while not self._stopping:
+            self.notifier.wait(timeout)
+            if self._stopping:
+                return
+            try:
+                timeout = self._step()
+            except Exception:
+                log.exception("dispatcher of store %s failed a step; "
+                              "retrying in 1 s", self.shared.path)
+                timeout = 1.0
+
+    def _step(self):
+        with self.lock:
+            with self.shared.read() as txn:
+                current = self.shared.revision(txn)
+                floor = self.shared.compacted(txn)
+                if current > self.position:
+                    self._deliver_live(txn, current, floor)
+                self._serve_others(txn, floor)
+            timeout = self._timeout()
+        deadline = self.housekeeping()
+        if deadline is not None:
+            wait = max(0.0, deadline - time.time())
+            timeout = wait if timeout is None else min(timeout, wait)
+        return timeout
+
+    def _deliver_live(self, txn, current, floor):
+        start = self.position + 1
+        if start <= floor:
+            # Another process compacted the log past this dispatcher, so
+            # every live subscription may have missed changes.
+            for sub in self.subscriptions.values():
+                if sub.state == LIVE:
+                    sub.state = RESYNC_PENDING
+            self.position = current
+            return
+        for revision, record in _log_entries(self.shared, txn, start,
+                                             current):
+            changes = decode_log_record(record, revision)
+            for sub, matched in self.index.route(changes):
+                if sub.state != LIVE or revision <= sub.cursor:
+                    continue
+                event = ChangeEvent(matched, revision, sub.on_change_done)
+                if sub.change_sink.offer(event):
+                    sub.cursor = revision
+                else:
+                    sub.state = LAGGING
+                    sub.cursor = revision - 1
+        self.position = current
+
+    def _serve_others(self, txn, floor):
+        now = time.monotonic()
+        for sub in list(self.subscriptions.values()):
+            if sub.state == RESYNC_HELD:
+                if sub.resync_acked or now >= sub.held_until:
+                    if not sub.resync_acked:
+                        log.warning(
+                            "subscription %r did not call done() on its "
+                            "resync at revision %d within %.1f s; sending "
+                            "the changes after it", sub.name, sub.cursor,
+                            sub.notif_timeout)
+                    sub.state = LAGGING
+            if sub.state == RESYNC_PENDING:
+                self._send_resync(sub)
+            if sub.state == LAGGING:
+                self._catch_up(sub, txn, floor)
+
+    def _catch_up(self, sub, txn, floor):
+        if sub.cursor < floor:
+            log.warning("revision log was compacted past subscription %r "
+                        "(at %d, log starts after %d); sending a resync",
+                        sub.name, sub.cursor, floor)
+            sub.state = RESYNC_PENDING
+            self._send_resync(sub)
+            return
+        for revision, record in _log_entries(self.shared, txn,
+                                             sub.cursor + 1, self.position):
+            routed = sub.own_index.route(decode_log_record(record, revision))
+            if routed:
+                event = ChangeEvent(routed[0][1], revision,
+                                    sub.on_change_done)
+                if not sub.change_sink.offer(event):
+                    return
+            sub.cursor = revision
+        sub.cursor = max(sub.cursor, self.position)
+        sub.state = LIVE
+
+    def _send_resync(self, sub):
+        snapshot = Snapshot(self.shared, sub.prefixes)
+        sub.resync_acked = False
+
+        def acked(event, error, sub=sub, notifier=self.notifier):
+            if error is not None:
+                log.error("subscription %r reported an error for its "
+                          "resync at revision %d: %r", sub.name,
+                          event.revision, error)
+            snapshot.close()
+            sub.resync_acked = True
+            notifier.wake_self()
+
+        event = ResyncEvent(snapshot.values, snapshot.revision, acked)
+        if not sub.resync_sink.offer(event):
+            snapshot.close()
+            return
+        log.debug("sent resync at revision %d to %r", snapshot.revision,
+                  sub.name)
+        sub.cursor = snapshot.revision
+        if sub.same_channel:
+            # One channel keeps the order by itself.
+            sub.state = LAGGING
+        else:
+            sub.state = RESYNC_HELD
+            sub.held_until = time.monotonic() + sub.notif_timeout
+
+    def _timeout(self):
+        timeout = None
+        for sub in self.subscriptions.values():
+            if sub.state in (LAGGING, RESYNC_PENDING):
+                return LAG_RETRY
+            if sub.state == RESYNC_HELD:
+                wait = max(0.0, sub.held_until - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
+        return timeout
+
+
+def _log_entries(shared, txn, start, end):
+    """Yield (revision, record) for start <= revision <= end."""
+    with txn.cursor(db=shared.log) as cursor:
+        if not cursor.set_range(rev_key(start)):
+            return
+        for key, record in cursor.iternext():
+            revision = int.from_bytes(key, "big")
+            if revision > end:
+                return
+            yield revision, record
+
+
+class Snapshot:
+    """Key-values under some prefixes at one revision.
+
+    Holds a read transaction until every prefix has been read, close() is
+    called, or the snapshot is garbage collected.
+    """
+
+    def __init__(self, shared, prefixes):
+        txn = shared.begin_read()
+        self._finalizer = weakref.finalize(self, shared.end_read, txn)
+        self.revision = shared.revision(txn)
+        self._open = 0
+        self._scans = []
+        self.values = {}
+        for prefix in prefixes:
+            cursor = txn.cursor(db=shared.kv)
+            self._open += 1
+            scan = PrefixScan(cursor, prefix, self._scan_closed)
+            self._scans.append(scan)
+            name = prefix.decode("utf-8", "surrogateescape")
+            self.values[name] = KVIterator(scan)
+        if not prefixes:
+            self.close()
+
+    def _scan_closed(self):
+        self._open -= 1
+        if self._open == 0:
+            self._finalizer()
+
+    def close(self):
+        """End the read transaction; unread values are no longer read."""
+        for scan in self._scans:
+            scan.close()
+        self._finalizer()
