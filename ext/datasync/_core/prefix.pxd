@@ -1,4 +1,4 @@
-# Table of contents of the prefix module: a byte trie that maps a key to
+# Table of contents of the prefix module: a radix tree that maps a key to
 # the subscribers whose prefixes it starts with, and the fan-out that
 # groups one revision's changes per subscriber.
 
@@ -11,6 +11,9 @@ cdef class Subscriber:
 
 
 cdef class _Node:
+    # Bytes on the edge from the parent; the root's label is empty.
+    cdef bytes label
+    # First byte of a child's label -> child.
     cdef dict children
     cdef list subscribers
 
@@ -20,4 +23,5 @@ cdef class PrefixIndex:
     cdef uint64_t _stamp
     cdef Py_ssize_t _size
 
+    cdef _Node _find(self, bytes prefix, list path)
     cpdef list route(self, list changes)

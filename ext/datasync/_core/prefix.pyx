@@ -1,13 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Prefix matching and fan-out.
 
-The index is a trie over key bytes, so matching a key walks at most
-len(key) nodes whatever the number of subscribers. Routing stamps each
-subscriber with the number of the change being routed, which makes a key
-that matches two prefixes of one subscriber reach it only once.
+The index is a radix tree (a trie whose single-child chains are merged
+into one edge label) over key bytes. Matching a key compares at most
+len(key) bytes and visits one node per branching point on its path,
+whatever the number of subscribers. Routing stamps each subscriber with
+the number of the change being routed, so a key that matches two
+prefixes of one subscriber reaches it only once.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
 
 from datasync._core.events cimport KeyVal
 
@@ -17,9 +20,19 @@ cdef class Subscriber:
 
 
 cdef class _Node:
-    def __cinit__(self):
+    def __cinit__(self, bytes label=b""):
+        self.label = label
         self.children = {}
         self.subscribers = []
+
+
+cdef inline Py_ssize_t _common(const unsigned char *a, Py_ssize_t na,
+                               const unsigned char *b,
+                               Py_ssize_t nb) noexcept:
+    cdef Py_ssize_t i = 0
+    while i < na and i < nb and a[i] == b[i]:
+        i += 1
+    return i
 
 
 cdef class PrefixIndex:
@@ -35,31 +48,64 @@ cdef class PrefixIndex:
     def add(self, bytes prefix, Subscriber subscriber):
         """Register ``subscriber`` under ``prefix``."""
         cdef _Node node = self._root
-        cdef _Node child
+        cdef _Node child, middle
         cdef const unsigned char *p = <const unsigned char *>(
             PyBytes_AS_STRING(prefix))
-        cdef Py_ssize_t i
-        for i in range(PyBytes_GET_SIZE(prefix)):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix)
+        cdef Py_ssize_t i = 0, same, size
+        while i < n:
             child = node.children.get(p[i])
             if child is None:
-                child = _Node()
+                child = _Node(prefix[i:])
                 node.children[p[i]] = child
+                node = child
+                break
+            size = PyBytes_GET_SIZE(child.label)
+            same = _common(<const unsigned char *>PyBytes_AS_STRING(
+                child.label), size, p + i, n - i)
+            if same < size:
+                # The new prefix ends or branches inside the child's
+                # label: split the edge at the divergence.
+                middle = _Node(child.label[:same])
+                child.label = child.label[same:]
+                middle.children[(<const unsigned char *>PyBytes_AS_STRING(
+                    child.label))[0]] = child
+                node.children[p[i]] = middle
+                child = middle
             node = child
+            i += same
         node.subscribers.append(subscriber)
         self._size += 1
 
-    def remove(self, bytes prefix, Subscriber subscriber):
-        """Remove one registration; return False if it was not there."""
-        cdef list path = [self._root]
+    cdef _Node _find(self, bytes prefix, list path):
         cdef _Node node = self._root
+        cdef _Node child
         cdef const unsigned char *p = <const unsigned char *>(
             PyBytes_AS_STRING(prefix))
-        cdef Py_ssize_t i, n = PyBytes_GET_SIZE(prefix)
-        for i in range(n):
-            node = node.children.get(p[i])
-            if node is None:
-                return False
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(prefix)
+        cdef Py_ssize_t i = 0, size
+        path.append(node)
+        while i < n:
+            child = node.children.get(p[i])
+            if child is None:
+                return None
+            size = PyBytes_GET_SIZE(child.label)
+            if size > n - i or memcmp(PyBytes_AS_STRING(child.label),
+                                      p + i, size) != 0:
+                return None
+            node = child
             path.append(node)
+            i += size
+        return node
+
+    def remove(self, bytes prefix, Subscriber subscriber):
+        """Remove one registration; return False if it was not there."""
+        cdef list path = []
+        cdef _Node node = self._find(prefix, path)
+        cdef _Node parent, only
+        cdef Py_ssize_t i
+        if node is None:
+            return False
         for i in range(len(node.subscribers)):
             if node.subscribers[i] is subscriber:
                 del node.subscribers[i]
@@ -68,20 +114,30 @@ cdef class PrefixIndex:
             return False
         self._size -= 1
 
-        # Prune nodes left with neither subscribers nor children, so that
-        # a long-running agent that churns prefixes does not grow the trie.
-        for i in range(n, 0, -1):
+        # Keep the tree minimal, so that churning prefixes neither grows
+        # it nor lengthens paths: drop empty leaves, then merge a node
+        # left with one child and no subscribers into that child.
+        for i in range(len(path) - 1, 0, -1):
             node = path[i]
-            if node.subscribers or node.children:
+            parent = path[i - 1]
+            if node.subscribers:
                 break
-            del (<_Node>path[i - 1]).children[p[i - 1]]
+            if not node.children:
+                del parent.children[(<const unsigned char *>(
+                    PyBytes_AS_STRING(node.label)))[0]]
+                continue
+            if len(node.children) == 1:
+                only = next(iter(node.children.values()))
+                only.label = node.label + only.label
+                parent.children[(<const unsigned char *>(
+                    PyBytes_AS_STRING(only.label)))[0]] = only
+            break
         return True
 
     def match(self, key):
         """Return the subscribers with a prefix of ``key``, each once."""
         cdef KeyVal probe = KeyVal(key, None)
-        routed = self.route([probe])
-        return [pair[0] for pair in routed]
+        return [pair[0] for pair in self.route([probe])]
 
     cpdef list route(self, list changes):
         """Group ``changes`` per subscriber, keeping their order.
@@ -94,7 +150,7 @@ cdef class PrefixIndex:
         cdef _Node node
         cdef Subscriber sub
         cdef const unsigned char *p
-        cdef Py_ssize_t i, n
+        cdef Py_ssize_t i, n, size
         cdef object child
         for change in changes:
             self._stamp += 1
@@ -116,7 +172,11 @@ cdef class PrefixIndex:
                 if child is None:
                     break
                 node = <_Node>child
-                i += 1
+                size = PyBytes_GET_SIZE(node.label)
+                if size > n - i or memcmp(PyBytes_AS_STRING(node.label),
+                                          p + i, size) != 0:
+                    break
+                i += size
         for i in range(len(out)):
             sub = out[i]
             out[i] = (sub, sub._batch)
