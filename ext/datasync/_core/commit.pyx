@@ -36,6 +36,7 @@ cdef class Applier:
 
     cdef object _txn
     cdef object _kv
+    cdef object _cursor
     cdef object _lease_keys
     cdef uint64_t _revision
     cdef RecordWriter _record
@@ -43,6 +44,10 @@ cdef class Applier:
     def __init__(self, txn, kv_db, lease_keys_db, uint64_t revision):
         self._txn = txn
         self._kv = kv_db
+        # One cursor for every put and delete: after set_key has found a
+        # key, LMDB's put on the same cursor starts from the page it is
+        # on instead of descending the tree again.
+        self._cursor = txn.cursor(kv_db)
         self._lease_keys = lease_keys_db
         self._revision = revision
         self._record = RecordWriter()
@@ -74,8 +79,10 @@ cdef class Applier:
         return self._record.finish()
 
     cdef int _put(self, bytes key, bytes value, uint64_t lease) except -1:
-        cdef bytes old = self._txn.get(key, None, self._kv)
+        cdef bytes old = None
         cdef Header h, prev
+        if self._cursor.set_key(key):
+            old = self._cursor.value()
         h.mod_revision = self._revision
         h.lease = lease
         if old is None:
@@ -86,8 +93,7 @@ cdef class Applier:
             prev = read_header(old)
             h.create_revision = prev.create_revision
             h.version = prev.version + 1
-        self._txn.put(key, build_stored(h, value), True, True, False,
-                      self._kv)
+        self._cursor.put(key, build_stored(h, value))
         if prev.lease != h.lease:
             self._move_lease(key, prev.lease, h.lease)
         self._record.add(OP_PUT, h.create_revision, h.version, key,
@@ -95,13 +101,15 @@ cdef class Applier:
         return 0
 
     cdef int _delete(self, bytes key) except -1:
-        cdef bytes old = self._txn.pop(key, self._kv)
-        if old is not None:
+        cdef bytes old
+        if self._cursor.set_key(key):
+            old = self._cursor.value()
+            self._cursor.delete()
             self._record_delete(key, old)
         return 0
 
     cdef int _delete_prefix(self, bytes prefix) except -1:
-        cursor = self._txn.cursor(self._kv)
+        cursor = self._cursor
         cdef bytes key, old
         if not cursor.set_range(prefix):
             return 0
