@@ -48,8 +48,12 @@ cdef class KeyVal:
     cdef Py_ssize_t _voff
     cdef Py_ssize_t _vlen
     cdef readonly uint64_t revision
+    """Revision of the transaction that wrote this value (mod revision)."""
     cdef readonly uint64_t create_revision
+    """Revision at which the key was created (put while absent)."""
     cdef readonly uint64_t version
+    """Puts of the key since it was created, counting that one; 0 for a
+    delete."""
 
 
 cdef class Change(KeyVal):
@@ -64,9 +68,13 @@ cdef list decode_record(bytes record, uint64_t revision)
 
 cdef class ChangeEvent:
     cdef readonly list changes
+    """The Change objects of the revision, in commit order."""
     cdef readonly uint64_t revision
+    """Revision of the transaction that made the changes."""
     cdef readonly bint is_done
+    """True once done() was called."""
     cdef readonly object error
+    """The error passed to done(), or None."""
     cdef object _on_done
 
 
@@ -78,9 +86,13 @@ cdef class KVIterator:
 
 cdef class ResyncEvent:
     cdef readonly dict values
+    """Each prefix mapped to a KVIterator over its key-values."""
     cdef readonly uint64_t revision
+    """Revision at which the snapshot was taken."""
     cdef readonly bint is_done
+    """True once done() was called."""
     cdef readonly object error
+    """The error passed to done(), or None."""
     cdef object _on_done
 
 
