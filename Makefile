@@ -26,8 +26,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+BENCH_JSON := .benchmarks/latest.json
+
 bench: $(STAMP)
-	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(PY) -m pip install --quiet -e '.[bench]'
+	mkdir -p .benchmarks
+	$(PY) -m pytest benches -p no:randomly --benchmark-only \
+		--benchmark-columns=min,median,rounds \
+		--benchmark-json=$(BENCH_JSON)
+	$(PY) benches/report.py $(BENCH_JSON) --plots docs/img
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info
