@@ -319,12 +319,14 @@ class Snapshot:
         txn = shared.begin_read()
         self._finalizer = weakref.finalize(self, shared.end_read, txn)
         self.revision = shared.revision(txn)
-        self._open = 0
+        # Counted up front: a scan with nothing under its prefix closes
+        # inside its constructor, which must not end the transaction
+        # while the scans of the other prefixes still need it.
+        self._open = len(prefixes)
         self._scans = []
         self.values = {}
         for prefix in prefixes:
             cursor = txn.cursor(db=shared.kv)
-            self._open += 1
             scan = PrefixScan(cursor, prefix, self._scan_closed)
             self._scans.append(scan)
             name = prefix.decode("utf-8", "surrogateescape")
