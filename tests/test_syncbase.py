@@ -523,9 +523,34 @@ def test_late_done_is_ignored():
     assert [type(e) for e in report] == [DeliveryTimeoutError]
 
 
+def test_concurrent_propagations_keep_order(registry):
+    rec = Recorder()
+    registry.watch("agent", rec, rec, "/")
+
+    def write(writer):
+        for i in range(25):
+            registry.propagate_changes([put(f"/{writer}", b"%d" % i)])
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join(timeout=WAIT)
+    revisions = [event.revision for event in rec.taken_all()]
+
+    assert revisions == list(range(1, 101))
+
+
 # No leaks ------------------------------------------------------------------
 
+def join_callback_threads():
+    for thread in threading.enumerate():
+        if thread.name.startswith("datasync-callback-"):
+            thread.join(timeout=WAIT)
+
+
 def test_hundred_watchers_leave_no_threads():
+    join_callback_threads()
     threads_before = threading.active_count()
     fds_before = len(os.listdir("/proc/self/fd"))
     registry = Registry(timeout=WAIT)
@@ -537,9 +562,7 @@ def test_hundred_watchers_leave_no_threads():
     for registration in registrations:
         registration.close()
     registry.close()
-    for thread in threading.enumerate():
-        if thread.name.startswith("datasync-callback-"):
-            thread.join(timeout=WAIT)
+    join_callback_threads()
 
     assert report == []
     assert all(rec.take().revision == 1 for rec in recorders)

@@ -339,9 +339,10 @@ class Registry:
 
         Waits up to ``timeout`` seconds (default: the registry's) for
         every subscriber's done(). Returns a DeliveryReport: the errors
-        reported through done(), a DeliveryTimeoutError for each event
-        not done in time, and a ChannelFullError for each event that was
-        not delivered. Events of a subscription closed meanwhile are not
+        reported through done(), a DeliveryTimeoutError (with
+        ``resync_name`` and ``revision``) for each event not done in
+        time, and a ChannelFullError for each event that was not
+        delivered. Events of a subscription closed meanwhile are not
         waited for. Called from a subscriber's own callback, it waits
         the full timeout for that subscriber, whose next event is
         delivered only after the callback returns.
