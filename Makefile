@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SOURCES := $(wildcard ext/datasync/_core/*.pyx ext/datasync/_core/*.pxd) \
 	pyproject.toml setup.py
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean proto
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ bench: $(STAMP)
 		--benchmark-columns=min,median,rounds \
 		--benchmark-json=$(BENCH_JSON)
 	$(PY) benches/report.py $(BENCH_JSON) --plots docs/img
+
+# Regenerates the example schema's Python module with the grpcio-tools
+# version recorded in src/datasync/examples/README.md.
+proto: $(STAMP)
+	$(PY) -c 'import grpc_tools' 2>/dev/null || \
+		$(PY) -m pip install --quiet 'grpcio-tools==1.85.1'
+	$(PY) -m grpc_tools.protoc -I src --python_out=src \
+		src/datasync/examples/netagent.proto
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info

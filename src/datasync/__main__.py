@@ -1,0 +1,7 @@
+"""Run the ``datasync`` command: ``python -m datasync ARGS``."""
+
+import sys
+
+from datasync.cli import main
+
+sys.exit(main())
