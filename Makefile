@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 SOURCES := $(wildcard ext/datasync/_core/*.pyx ext/datasync/_core/*.pxd) \
 	pyproject.toml setup.py
 
-.PHONY: install demo test bench clean proto
+.PHONY: install demo test bench clean proto proto-grpcsync
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,demo]'
+	$(PY) -m pip install --quiet -e '.[test,demo,grpc,rest]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +43,20 @@ proto: $(STAMP)
 		$(PY) -m pip install --quiet 'grpcio-tools==1.85.1'
 	$(PY) -m grpc_tools.protoc -I src --python_out=src \
 		src/datasync/examples/netagent.proto
+
+# Regenerates the DataMsgService modules with the grpcio-tools version
+# recorded in src/datasync/grpcsync/msg.proto, then puts that record at
+# the top of each generated file.
+GRPCSYNC_TOOLS := grpcio-tools==1.85.1
+GRPCSYNC_GENERATED := src/datasync/grpcsync/msg_pb2.py \
+	src/datasync/grpcsync/msg_pb2_grpc.py
+proto-grpcsync: $(STAMP)
+	$(PY) -m pip install --quiet '$(GRPCSYNC_TOOLS)'
+	$(PY) -m grpc_tools.protoc -I src --python_out=src \
+		--grpc_python_out=src src/datasync/grpcsync/msg.proto
+	for f in $(GRPCSYNC_GENERATED); do \
+		sed -i '1i # Made by `make proto-grpcsync` with $(GRPCSYNC_TOOLS) (protoc 35.1) from msg.proto.' $$f; \
+	done
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info
