@@ -486,6 +486,16 @@ def cmd_demo(args):
                     progress=args.progress, **_map_options(args))
 
 
+def cmd_serve(args):
+    from datasync import serve
+
+    with _open_store(args, create=True) as store:
+        try:
+            return serve.run(args, store)
+        except serve.ServeError as exc:
+            raise CommandError(str(exc)) from None
+
+
 # Argument parsing ----------------------------------------------------------
 
 def _non_negative_int(text):
@@ -664,6 +674,19 @@ def build_parser():
                       action="store_false",
                       help="do not show the progress bar")
     demo.set_defaults(run=cmd_demo)
+
+    from datasync.serve import add_arguments as add_serve_arguments
+
+    serve = commands.add_parser(
+        "serve", parents=[common],
+        help="serve the store to remote writers over gRPC and REST",
+        description="Commit what clients send over gRPC (DataMsgService) "
+                    "or REST to the store, so that its watchers in every "
+                    "process see it. Listens only on the addresses given; "
+                    "runs until SIGINT or SIGTERM. docs/transports.md "
+                    "describes both protocols.")
+    add_serve_arguments(serve)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
