@@ -102,4 +102,5 @@ cdef class PrefixScan:
     cdef bytes _prefix
     cdef object _on_close
     cdef bint _closed
+    cdef bint _cut_short
     cdef int _close(self) except -1

@@ -19,7 +19,8 @@ from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromStringAndSize,
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.string cimport memcmp, memcpy
 
-from datasync.errors import InvalidStoreError, ValueParseError
+from datasync.errors import (InvalidStoreError, StoreClosedError,
+                             ValueParseError)
 from datasync.ops import Op
 
 NO_VALUE = 0xFFFFFFFF
@@ -480,6 +481,13 @@ cdef class PrefixScan:
         cdef bytes key, stored
         cdef Py_ssize_t plen = PyBytes_GET_SIZE(self._prefix)
         if self._closed:
+            if self._cut_short:
+                # Ending quietly here would hand the subscriber a partial
+                # snapshot that looks complete.
+                raise StoreClosedError(
+                    f"the resync values under prefix {self._prefix!r} "
+                    "were released (done() was called) before all were "
+                    "read; read every value first, then call done()")
             raise StopIteration
         try:
             key, stored = next(self._items)
@@ -494,7 +502,12 @@ cdef class PrefixScan:
         return make_keyval(key, stored)
 
     def close(self):
-        """End the scan early and release what it holds."""
+        """End the scan early and release what it holds.
+
+        Reading on after an early close raises StoreClosedError.
+        """
+        if not self._closed:
+            self._cut_short = True
         self._close()
 
     cdef int _close(self) except -1:
