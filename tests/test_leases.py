@@ -1,5 +1,6 @@
 """Keys with a TTL and keys bound to the lifetime of their writer."""
 
+import gc
 import queue
 
 import pytest
@@ -128,6 +129,21 @@ def test_lifetime_keys_deleted_on_close(open_store, drain, summary):
         (4, "delete", "/life/b", None, b"B"),
     ]
     assert watcher.list_keys("/") == ["/plain"]
+
+
+def test_lifetime_keys_deleted_on_collect(open_store, drain):
+    watcher = open_store("db")
+    chan = watch_all(watcher, drain)
+    writer = datasync.Store(watcher.path)
+    writer.put("/life/a", b"A", datasync.with_client_lifetime_ttl())
+    # Dropping the last reference without close() ends the client too.
+    del writer
+    gc.collect()
+
+    events = drain(chan, 2)
+    assert [(c.key, c.prev_value) for c in events[-1].changes] == [
+        ("/life/a", b"A")]
+    assert watcher.list_keys("/") == []
 
 
 def test_lifetime_keys_survive_reaper(store, spawn_python):

@@ -15,6 +15,8 @@ import threading
 import time
 import weakref
 
+from google.protobuf.message import EncodeError
+
 from datasync._core import commit as _commit
 from datasync._core.events import (decode_log_record, keyval_from_stored)
 from datasync._core.prefix import PrefixIndex, Subscriber
@@ -83,7 +85,13 @@ def encode_value(value, key, max_size):
         data = bytes(value)
     elif hasattr(value, "SerializeToString") and hasattr(value,
                                                           "DESCRIPTOR"):
-        data = value.SerializeToString()
+        try:
+            data = value.SerializeToString()
+        except EncodeError as exc:
+            raise InvalidValueError(
+                f"value of key {key!r} is a {value.DESCRIPTOR.full_name} "
+                f"that cannot be serialized: {exc}; set its required "
+                "fields") from exc
     else:
         raise InvalidValueError(
             f"value of key {key!r} must be bytes or a protobuf message, "
@@ -453,6 +461,13 @@ class Store:
                                       prepare)
         if "owner" in granted:
             self._owner_lease = granted["owner"]
+            # The finalizer was made before the lease existed. Replace it,
+            # so that a store collected without close() still deletes
+            # its client-lifetime keys.
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(
+                self, _release, self._shared, self._services,
+                self._owner_lease)
         if any(op[3] is not None for op in ops):
             # This process now expires and reaps leases while it runs.
             self._services.ensure_dispatcher()
