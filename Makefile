@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 SOURCES := $(wildcard ext/datasync/_core/*.pyx ext/datasync/_core/*.pxd) \
 	pyproject.toml setup.py
 
-.PHONY: install demo test bench clean proto proto-grpcsync
+.PHONY: install demo test bench clean proto proto-grpcsync proto-etcd
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,demo,grpc,rest]'
+	$(PY) -m pip install --quiet -e '.[test,demo,grpc,rest,etcd]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,6 +57,26 @@ proto-grpcsync: $(STAMP)
 	for f in $(GRPCSYNC_GENERATED); do \
 		sed -i '1i # Made by `make proto-grpcsync` with $(GRPCSYNC_TOOLS) (protoc 35.1) from msg.proto.' $$f; \
 	done
+
+# Regenerates the etcd backend's gRPC modules from the subset of etcd's
+# API in src/datasync/keyval/etcd with the grpcio-tools version below,
+# then puts the generator and command at the top of each generated file.
+# Only the messages get a _pb2 module and only the services a _pb2_grpc
+# module: the services' _pb2 is not needed at run time.
+ETCD_TOOLS := grpcio-tools==1.85.1
+ETCD_PROTO := src/datasync/keyval/etcd
+ETCD_PROTOC := $(PY) -m grpc_tools.protoc -I src
+proto-etcd: $(STAMP)
+	$(PY) -m pip install --quiet '$(ETCD_TOOLS)'
+	$(ETCD_PROTOC) --python_out=src $(ETCD_PROTO)/etcd_messages.proto
+	$(ETCD_PROTOC) --grpc_python_out=src $(ETCD_PROTO)/etcd_services.proto
+	version="$$($(ETCD_PROTOC) --version)"; \
+	sed -i -e "1i # Made by 'make proto-etcd' with $(ETCD_TOOLS) ($$version):" \
+		-e '1i # python -m grpc_tools.protoc -I src --python_out=src $(ETCD_PROTO)/etcd_messages.proto' \
+		$(ETCD_PROTO)/etcd_messages_pb2.py; \
+	sed -i -e "1i # Made by 'make proto-etcd' with $(ETCD_TOOLS) ($$version):" \
+		-e '1i # python -m grpc_tools.protoc -I src --grpc_python_out=src $(ETCD_PROTO)/etcd_services.proto' \
+		$(ETCD_PROTO)/etcd_services_pb2_grpc.py
 
 clean:
 	rm -rf build $(VENV) src/*.egg-info
