@@ -656,3 +656,12 @@ def test_watch_rounds_leave_no_threads(etcd_endpoint, prefix):
     for thread in left:
         thread.join(timeout=5.0)
     assert [t.name for t in left if t.is_alive()] == []
+
+
+def test_changes_repeated_two_prefixes(store, prefix):
+    base = store.put(prefix + "x/1", b"1")
+    store.put(prefix + "y/1", b"2")
+    store.put(prefix + "z/1", b"3")
+    for _ in range(3):
+        got = store.changes(base - 1, prefix + "x/", prefix + "z/")
+        assert [c.key for c in got] == [prefix + "x/1", prefix + "z/1"]

@@ -32,10 +32,6 @@ log = logging.getLogger("datasync.etcd")
 #: exceed anyway.
 DEFAULT_MAX_VALUE_SIZE = 1536 * 1024
 
-# Stand-in subscriber for filtering changes by prefix with a PrefixIndex.
-_SELECT = Subscriber()
-
-
 def encode_key(key, what="key"):
     """Return ``key`` as bytes, or raise InvalidKeyError naming it."""
     if isinstance(key, str):
@@ -194,9 +190,13 @@ class EtcdStore:
         self._check_compacted(after_revision)
         index = None
         if prefixes:
+            # A new subscriber per index: an index stamps the subscribers
+            # it routes to with its own counter, so one shared with an
+            # earlier index could look already served and miss changes.
             index = PrefixIndex()
+            selected = Subscriber()
             for prefix in prefixes:
-                index.add(encode_prefix(prefix), _SELECT)
+                index.add(encode_prefix(prefix), selected)
         try:
             changes = history.read(self._client, after_revision + 1,
                                    current, self._change_class)
