@@ -5,6 +5,7 @@ import os
 import queue
 import threading
 import time
+import uuid
 
 import pytest
 from google.protobuf import wrappers_pb2
@@ -19,6 +20,7 @@ from datasync.errors import (AggregateError, DeliveryTimeoutError,
 from datasync.events import ChangeEvent, ResyncEvent
 from datasync.kvdbsync import Backend, KVDBSync
 from datasync.resync import Resync
+from etcd_support import etcd_endpoint  # noqa: F401 (a fixture)
 
 #: Seconds to wait for something that should happen; only a failing test
 #: waits this long.
@@ -698,6 +700,40 @@ def test_resync_before_connect_defers(store, orchestrator, closing):
     assert not waiting
     assert registration.active
     assert resync.revision == store.revision
+
+
+@pytest.mark.etcd
+def test_etcd_backend_plugs_in(etcd_endpoint, orchestrator,  # noqa: F811
+                               closing):
+    from datasync.keyval.etcd import EtcdStore
+
+    prefix = f"/kvdbsync/{uuid.uuid4().hex[:12]}/"
+    store = closing(EtcdStore(etcd_endpoint, serializer="binary"))
+    sync = closing(KVDBSync(store, resync=orchestrator))
+    store.put(prefix + "1", b"one")
+    chan = queue.Queue()
+    sync.watch("sub", chan, chan, prefix)
+    received = []
+    consumer = start_consumer(chan, received)
+
+    report = orchestrator.do_resync()
+    chan.put(None)
+    consumer.join(timeout=WAIT)
+    message = wrappers_pb2.StringValue(value="eth0")
+    revision = sync.put(prefix + "2", message)
+    deleted = sync.delete(prefix + "1").revision
+    events = wait_for_revision(chan, deleted)
+
+    assert report.ok
+    assert len(received) == 1
+    resync, snapshot = received[0]
+    assert isinstance(resync, ResyncEvent)
+    assert snapshot == {prefix + "1": b"one"}
+    assert [event.revision for event in events] == [revision, deleted]
+    assert change_tuples(events[0]) == [
+        (prefix + "2", "put", message.SerializeToString(), None)]
+    assert change_tuples(events[1]) == [
+        (prefix + "1", "delete", None, b"one")]
 
 
 # Re-entrancy ------------------------------------------------------------
