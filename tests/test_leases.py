@@ -101,6 +101,19 @@ def test_delete_of_ttl_key_ends_lease(store, drain):
     assert store.get("/ttl/a").revision == revision
 
 
+def test_prefix_delete_of_ttl_keys_ends_lease(store, drain):
+    chan = watch_all(store, drain)
+    store.put("/ttl/a", b"1", datasync.with_ttl(0.2))
+    store.put("/ttl/b", b"2", datasync.with_ttl(0.2))
+    store.delete("/ttl/", datasync.with_prefix())
+    store.put("/ttl/a", b"again")
+    marker = store.put("/ttl/marker", b"m", datasync.with_ttl(0.4))
+
+    events = drain(chan, marker + 1)
+    assert [c.key for c in events[-1].changes] == ["/ttl/marker"]
+    assert store.list_keys("/ttl/") == ["/ttl/a"]
+
+
 def test_ttl_key_expires_after_reopen(open_store, drain):
     writer = open_store("db")
     writer.put("/ttl/a", b"1", datasync.with_ttl(0.3))

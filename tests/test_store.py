@@ -517,6 +517,15 @@ def test_with_ttl_bad_value_raises(ttl):
     assert repr(ttl) in str(caught.value)
 
 
+def test_put_ttl_above_max_raises(store):
+    with pytest.raises(datasync.InvalidOptionError) as caught:
+        store.put("/forever", b"v", datasync.with_ttl(1e300))
+    message = str(caught.value)
+    assert "1e+300" in message
+    assert "'/forever'" in message
+    assert store.revision == 0
+
+
 def test_put_with_delete_option_raises(store):
     with pytest.raises(datasync.InvalidOptionError, match="WithPrefixOpt"):
         store.put("/a", b"v", datasync.with_prefix())

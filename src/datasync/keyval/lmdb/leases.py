@@ -22,6 +22,10 @@ from datasync.keyval.lmdb.env import META_NEXT_LEASE, pack_u64, unpack_u64
 KIND_TTL = 1
 KIND_OWNER = 2
 
+#: Largest TTL in seconds. Expiry times are keys of milliseconds in 64
+#: bits, which end about 1.8e16 s after 1970; this leaves a wide margin.
+MAX_TTL = 1e15
+
 _RECORD = struct.Struct("<BdQQ")
 
 

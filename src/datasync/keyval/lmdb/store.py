@@ -23,8 +23,8 @@ from datasync._core.prefix import PrefixIndex, Subscriber
 from datasync.channels import (DEFAULT_MAX_PENDING, DEFAULT_NOTIF_TIMEOUT,
                                make_sink)
 from datasync.errors import (CompactedError, InvalidKeyError,
-                             InvalidValueError, RegistrationError,
-                             StoreClosedError)
+                             InvalidOptionError, InvalidValueError,
+                             RegistrationError, StoreClosedError)
 from datasync.keyval.lmdb import env as _env
 from datasync.keyval.lmdb import leases as _leases
 from datasync.keyval.lmdb.env import (META_COMPACTED, META_REVISION,
@@ -592,6 +592,11 @@ class Txn:
         try:
             data = encode_key(key)
             ttl, lifetime = split_put_options(opts)
+            if ttl is not None and ttl > _leases.MAX_TTL:
+                raise InvalidOptionError(
+                    f"TTL of {ttl!r} s for key {key!r} is above the "
+                    f"maximum of {_leases.MAX_TTL:.0e} s; use a shorter "
+                    "TTL, or no TTL for a key that should stay")
             value = encode_value(value, key, self._store.max_value_size)
         except Exception as exc:
             self._failed = exc
