@@ -9,7 +9,7 @@ import json
 import os
 import queue
 
-import datasync
+from datasync.keyval.lmdb.notify import Notifier
 
 # Prints each event as a JSON line: {"type": "resync", "revision": R,
 # "values": {key: value}} or {"type": "change", "revision": R, "changes":
@@ -154,6 +154,18 @@ def test_local_watcher_sees_remote_writer(store, drain, spawn_python):
     assert prevs == [None] * 3 + [b"%d" % i for i in range(27)]
 
 
+def test_writer_processes_share_revisions(store, spawn_python):
+    writers = [spawn_python(WRITER, store.path, 40) for _ in range(3)]
+    for writer in writers:
+        assert writer.proc.wait(timeout=60) == 0, writer.error_output()
+    log = store.changes(0)
+    assert store.revision == 120
+    assert [c.revision for c in log] == list(range(1, 121))
+    values = {kv.key: kv.value for kv in store.list_values("/cfg/")}
+    assert sorted(values) == ["/cfg/remote/0", "/cfg/remote/1",
+                              "/cfg/remote/2"]
+
+
 def test_remote_growth_of_map_adopted(open_store, spawn_python):
     # Another process grows the map past this process's size; this
     # process must adopt the new size to read and write again.
@@ -169,3 +181,20 @@ def test_remote_growth_of_map_adopted(open_store, spawn_python):
     assert len(store.get("/cfg/big").value) == 8 << 20
     assert store.put("/cfg/after", b"2") == 3
     assert store.stat()["map_size"] >= 8 << 20
+
+
+def test_notifier_finds_socket_bound_same_tick(tmp_path):
+    sender = Notifier(str(tmp_path))
+    sender.broadcast()
+    mtime = os.stat(sender.directory).st_mtime_ns
+    receiver = Notifier(str(tmp_path))
+    receiver.listen()
+    # On a file system with coarse timestamps the bind can leave the
+    # directory's mtime unchanged; set it back to simulate that.
+    os.utime(sender.directory, ns=(mtime, mtime))
+    try:
+        sender.broadcast()
+        assert receiver.wait(5.0) is True
+    finally:
+        receiver.close()
+        sender.close()

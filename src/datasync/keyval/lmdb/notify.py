@@ -16,11 +16,18 @@ import select
 import socket
 import tempfile
 import threading
+import time
 
 log = logging.getLogger("datasync.store")
 
 # sun_path holds 108 bytes on Linux and 104 on macOS, with the NUL.
 _MAX_SOCKET_PATH = 100
+
+# A directory's mtime has the file system's timestamp granularity (a
+# clock tick, 1 s on ext3, 2 s on FAT), so a socket bound in the same tick
+# as the last change leaves the mtime as it was. A listing is only reused
+# once it was taken this long after that mtime.
+_RACY_NS = 2_000_000_000
 
 
 def notify_dir(store_path):
@@ -49,6 +56,7 @@ class Notifier:
         self._address = None
         self._targets = []
         self._targets_mtime = None
+        self._listed_at = 0
         self._lock = threading.Lock()
 
     def listen(self):
@@ -106,7 +114,9 @@ class Notifier:
             os.makedirs(self.directory, exist_ok=True)
             mtime = None
         with self._lock:
-            if mtime is None or mtime != self._targets_mtime:
+            if (mtime is None or mtime != self._targets_mtime or
+                    self._listed_at - mtime < _RACY_NS):
+                self._listed_at = time.time_ns()
                 self._targets = [
                     os.path.join(self.directory, name)
                     for name in os.listdir(self.directory)
