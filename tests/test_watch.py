@@ -155,6 +155,18 @@ def test_resync_of_empty_prefixes(store, drain):
     resync.done()
 
 
+def test_empty_prefix_watches_every_key(store, drain):
+    store.put("a", b"1")
+    store.put(b"\xff", b"2")
+    chan = queue.Queue()
+    store.watch("everything", chan, chan, "")
+    resync = drain(chan, 2, done=False)[0]
+    assert [kv.key_bytes for kv in resync.values[""]] == [b"a", b"\xff"]
+    resync.done()
+    revision = store.put("z", b"3")
+    assert [c.key for c in drain(chan, revision)[-1].changes] == ["z"]
+
+
 def test_overlapping_prefixes_deliver_once(store, drain):
     chan = start_watch(store, drain, "overlap", "/o/", "/o/a", "/")
     revision = store.put("/o/a/1", b"v")
@@ -313,6 +325,31 @@ def test_asyncio_queue_channel(store):
     assert [c.key for c in change.changes] == ["/as/b"]
 
 
+def test_asyncio_bounded_queue_lags(open_store):
+    store = open_store(durable=False)
+    count = 100
+
+    async def consume():
+        chan = asyncio.Queue(maxsize=2)
+        store.watch("async-slow", chan, chan, "/as/", max_pending=5)
+        resync = await asyncio.wait_for(chan.get(), EVENT_TIMEOUT)
+        resync.done()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: [
+            store.put(f"/as/{i % 3}", b"%d" % i) for i in range(count)])
+        events = []
+        while len(events) < count:
+            event = await asyncio.wait_for(chan.get(), EVENT_TIMEOUT)
+            event.done()
+            events.append(event)
+        return events
+
+    events = asyncio.run(consume())
+    assert [e.revision for e in events] == list(range(1, count + 1))
+    assert [e.changes[0].value for e in events] == [
+        b"%d" % i for i in range(count)]
+
+
 def test_asyncio_queue_outside_loop_raises(store):
     with pytest.raises(TypeError, match="event loop"):
         store.watch("noloop", asyncio.Queue(), asyncio.Queue(), "/")
@@ -443,6 +480,18 @@ def test_unregister_stops_prefix(store, drain):
     events = drain(chan, revision)
     assert [e.revision for e in events] == [revision]
     assert [c.key for c in events[0].changes] == ["/a/y"]
+
+
+def test_unregister_then_register_again(store, drain):
+    chan = queue.Queue()
+    registration = store.watch("toggle", chan, chan, "/a/", "/b/")
+    drain(chan, 0)
+    registration.unregister("/b/")
+    store.put("/b/missed", b"1")
+    registration.register("toggle", "/b/")
+    revision = store.put("/b/seen", b"2")
+    events = drain(chan, revision)
+    assert [c.key for e in events for c in e.changes] == ["/b/seen"]
 
 
 def test_registration_resync_sends_snapshot(store, drain):

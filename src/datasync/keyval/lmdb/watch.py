@@ -60,6 +60,10 @@ class Subscription(Subscriber):
         self.cursor = 0
         self.held_until = 0.0
         self.resync_acked = False
+        # Maps each prefix added by register() to the revision current at
+        # that call. Changes up to that revision that match no other
+        # prefix of the subscription are not sent.
+        self.prefix_starts = {}
         # Catch-up matches against this subscription's prefixes only. The
         # index gets a stand-in subscriber, because each index stamps the
         # subscribers it routes to with numbers of its own.
@@ -68,6 +72,20 @@ class Subscription(Subscriber):
         self.prefixes.extend(prefixes)
         for prefix in prefixes:
             self.own_index.add(prefix, self.stand_in)
+
+    def drop_older(self, changes, revision):
+        """Return ``changes`` without those that only match prefixes
+        registered at or after ``revision``."""
+        starts = self.prefix_starts
+        for prefix in [p for p, start in starts.items() if start < revision]:
+            # This subscription gets revisions in increasing order, so the
+            # entry is of no further use.
+            del starts[prefix]
+        if not starts:
+            return changes
+        return [c for c in changes
+                if any(c.key_bytes.startswith(p) and p not in starts
+                       for p in self.prefixes)]
 
     def on_change_done(self, event, error):
         if error is not None:
@@ -116,6 +134,8 @@ class Dispatcher:
                 raise RegistrationError(
                     f"subscription {sub.name!r} already watches prefix "
                     f"{prefix!r}")
+            with self.shared.read() as txn:
+                sub.prefix_starts[prefix] = self.shared.revision(txn)
             sub.prefixes.append(prefix)
             sub.own_index.add(prefix, sub.stand_in)
             self.index.add(prefix, sub)
@@ -128,6 +148,7 @@ class Dispatcher:
                     f"subscription {sub.name!r} does not watch prefix "
                     f"{prefix!r}; it watches {sub.prefixes!r}")
             sub.prefixes.remove(prefix)
+            sub.prefix_starts.pop(prefix, None)
             sub.own_index.remove(prefix, sub.stand_in)
             self.index.remove(prefix, sub)
 
@@ -213,6 +234,10 @@ class Dispatcher:
             for sub, matched in self.index.route(changes):
                 if sub.state != LIVE or revision <= sub.cursor:
                     continue
+                matched = sub.drop_older(matched, revision)
+                if not matched:
+                    sub.cursor = revision
+                    continue
                 event = ChangeEvent(matched, revision, sub.on_change_done)
                 if sub.change_sink.offer(event):
                     sub.cursor = revision
@@ -249,9 +274,9 @@ class Dispatcher:
         for revision, record in _log_entries(self.shared, txn,
                                              sub.cursor + 1, self.position):
             routed = sub.own_index.route(decode_log_record(record, revision))
-            if routed:
-                event = ChangeEvent(routed[0][1], revision,
-                                    sub.on_change_done)
+            matched = sub.drop_older(routed[0][1], revision) if routed else []
+            if matched:
+                event = ChangeEvent(matched, revision, sub.on_change_done)
                 if not sub.change_sink.offer(event):
                     return
             sub.cursor = revision
