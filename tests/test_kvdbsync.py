@@ -376,6 +376,18 @@ def test_watch_bad_channel_rejected(store, closing):
         sync.watch("sub", "not a channel", queue.Queue(), "a/")
 
 
+def test_watch_invalid_prefix_frees_name(store, closing):
+    sync = closing(KVDBSync(store))
+
+    with pytest.raises(datasync.InvalidKeyError, match="600 bytes"):
+        sync.watch("sub", queue.Queue(), queue.Queue(), "a" * 600)
+    chan = queue.Queue()
+    registration = sync.watch("sub", chan, chan, "a/")
+
+    assert registration.active
+    assert next_event(chan, ResyncEvent).revision == 0
+
+
 def test_watch_name_free_after_close(store, closing):
     sync = closing(KVDBSync(store))
     first = sync.watch("sub", queue.Queue(), queue.Queue(), "a/")
