@@ -145,6 +145,19 @@ def test_resync_read_after_done_raises(store, drain):
         next(iterator)
 
 
+def test_resync_read_after_store_close_raises(store, drain):
+    store.put("/r/a", b"1")
+    store.put("/r/b", b"2")
+    chan = queue.Queue()
+    store.watch("orphan", chan, chan, "/r/")
+    resync = drain(chan, 2, done=False)[0]
+    iterator = resync.values["/r/"]
+    assert next(iterator).key == "/r/a"
+    store.close()
+    with pytest.raises(datasync.StoreClosedError, match="closed"):
+        next(iterator)
+
+
 def test_resync_of_empty_prefixes(store, drain):
     store.put("/a", b"1")
     chan = queue.Queue()

@@ -19,6 +19,8 @@ from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromStringAndSize,
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.string cimport memcmp, memcpy
 
+import lmdb
+
 from datasync.errors import (InvalidStoreError, StoreClosedError,
                              ValueParseError)
 from datasync.ops import Op
@@ -494,6 +496,14 @@ cdef class PrefixScan:
         except StopIteration:
             self._close()
             raise
+        except lmdb.Error as exc:
+            # Closing the store closes its LMDB environment, and with it
+            # the read transaction under this scan.
+            self._close()
+            raise StoreClosedError(
+                f"cannot read the resync values under prefix "
+                f"{self._prefix!r}: {exc}; read them before the store is "
+                "closed") from exc
         if (PyBytes_GET_SIZE(key) < plen or
                 memcmp(PyBytes_AS_STRING(key),
                        PyBytes_AS_STRING(self._prefix), plen) != 0):
