@@ -5,6 +5,7 @@ own (private_etcd); the others use the session's etcd (etcd_endpoint).
 """
 
 import asyncio
+import json
 import logging
 import queue
 import shutil
@@ -665,3 +666,72 @@ def test_changes_repeated_two_prefixes(store, prefix):
     for _ in range(3):
         got = store.changes(base - 1, prefix + "x/", prefix + "z/")
         assert [c.key for c in got] == [prefix + "x/1", prefix + "z/1"]
+
+
+# The datasync command -------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    """Run the datasync command; return (exit status, stdout lines as
+    JSON, stderr)."""
+    from datasync import cli
+
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    return status, lines, captured.err
+
+
+def test_cli_etcd_option_commands(capsys, etcd_endpoint, prefix, store):
+    status, out, _ = run_cli(capsys, "--etcd", etcd_endpoint, "put",
+                          prefix + "a", "hello")
+    assert status == 0
+    revision = out[0]["revision"]
+    assert store.get(prefix + "a").revision == revision
+    status, out, _ = run_cli(capsys, "get", "--etcd", etcd_endpoint,
+                          prefix + "a")
+    assert status == 0
+    assert out == [{"key": prefix + "a", "value": "hello",
+                    "revision": revision, "create_revision": revision,
+                    "version": 1}]
+    status, out, _ = run_cli(capsys, "--etcd", etcd_endpoint, "del",
+                          "--prefix", prefix)
+    assert status == 0
+    assert out[0]["deleted"] == 1
+    assert store.list_keys(prefix) == []
+
+
+def test_cli_etcd_from_environment(capsys, monkeypatch, etcd_endpoint,
+                                   prefix, store):
+    monkeypatch.setenv("DATASYNC_ETCD", etcd_endpoint)
+    monkeypatch.delenv("DATASYNC_DB", raising=False)
+    store.put(prefix + "if", netagent_pb2.Interface(name="eth0", mtu=9000))
+    status, out, _ = run_cli(capsys, "--type",
+                          "datasync.examples.netagent.Interface", "list",
+                          prefix)
+    assert status == 0
+    assert [line["value"] for line in out] == [{"name": "eth0",
+                                                "mtu": 9000}]
+
+
+def test_cli_db_overrides_etcd_env(capsys, monkeypatch, etcd_endpoint,
+                                   tmp_path):
+    monkeypatch.setenv("DATASYNC_ETCD", etcd_endpoint)
+    status, out, _ = run_cli(capsys, "--db", str(tmp_path / "store"), "put",
+                          "/k", "v")
+    assert status == 0
+    assert out == [{"revision": 1}]
+
+
+def test_cli_db_and_etcd_rejected(capsys, etcd_endpoint, tmp_path):
+    status, out, err = run_cli(capsys, "--db", str(tmp_path / "store"),
+                               "--etcd", etcd_endpoint, "get", "/k")
+    assert status == 2
+    assert out == []
+    assert "--db and --etcd" in err
+
+
+def test_cli_unreachable_etcd_fails(capsys):
+    status, _, err = run_cli(capsys, "--etcd",
+                             f"127.0.0.1:{free_port()}", "get", "/k")
+    assert status == 1
+    assert "unavailable" in err

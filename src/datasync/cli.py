@@ -1,7 +1,9 @@
 """The ``datasync`` command: read, write and watch a store from a shell.
 
 Every command opens the store at ``--db`` (default ``$DATASYNC_DB``, else
-``./datasync.lmdb``), does its work and closes it. Commands print JSON,
+``./datasync.lmdb``), or the etcd at ``--etcd`` (default
+``$DATASYNC_ETCD`` when ``--db`` is not given), does its work and closes
+it. Commands print JSON,
 one object per line, so that their output can be piped into ``jq`` or
 read line by line from another program.
 """
@@ -33,6 +35,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 
 DB_ENV = "DATASYNC_DB"
+ETCD_ENV = "DATASYNC_ETCD"
 DEFAULT_DB = "datasync.lmdb"
 
 # Modules imported before a --type full name is looked up in protobuf's
@@ -73,6 +76,7 @@ exit status:
 
 environment:
   {DB_ENV}  store path used when --db is not given
+  {ETCD_ENV}  etcd HOST:PORT used when neither --db nor --etcd is given
 """
 
 
@@ -276,7 +280,30 @@ def _db_path(args):
     return os.environ.get(DB_ENV) or DEFAULT_DB
 
 
+def _etcd_endpoint(args):
+    """Return the etcd endpoint to use, or None for a store directory."""
+    endpoint = getattr(args, "etcd", None)
+    if endpoint is not None:
+        if args.db is not None:
+            raise CommandError("--db and --etcd name two stores; pass one",
+                               EXIT_USAGE)
+        return endpoint
+    if args.db is not None:
+        return None
+    return os.environ.get(ETCD_ENV) or None
+
+
 def _open_store(args, create):
+    endpoint = _etcd_endpoint(args)
+    if endpoint is not None:
+        from datasync.keyval.etcd import EtcdStore
+
+        try:
+            return EtcdStore(endpoint)
+        except ValueError as exc:
+            raise CommandError(f"invalid --etcd {endpoint!r}: {exc}",
+                               EXIT_USAGE) from None
+
     from datasync.keyval.lmdb import Store
 
     path = _db_path(args)
@@ -544,6 +571,13 @@ def _add_db_options(parser, default,
              "1 TiB)")
 
 
+def _add_etcd_option(parser, default):
+    parser.add_argument(
+        "--etcd", metavar="HOST:PORT", default=default,
+        help=f"use the etcd at HOST:PORT instead of a store directory "
+             f"(default: ${ETCD_ENV} when --db is not given)")
+
+
 def _add_type_option(parser, default):
     parser.add_argument(
         "--type", metavar="NAME", dest="type_name", default=default,
@@ -557,6 +591,7 @@ def build_parser():
         prog="datasync", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_db_options(parser, None)
+    _add_etcd_option(parser, None)
     _add_type_option(parser, None)
 
     # The global options are accepted after the command name too. There
@@ -564,6 +599,7 @@ def build_parser():
     # the command name.
     common = argparse.ArgumentParser(add_help=False)
     _add_db_options(common, argparse.SUPPRESS)
+    _add_etcd_option(common, argparse.SUPPRESS)
     typed = argparse.ArgumentParser(add_help=False)
     _add_type_option(typed, argparse.SUPPRESS)
 

@@ -147,7 +147,7 @@ class Client:
         Returns etcd's current revision. Raises EtcdUnavailableError.
         """
         request = pb.RangeRequest(key=TO_END, count_only=True)
-        response = self.call(self.kv.Range, request, "connecting",
+        response = self.call(self.kv.Range, request, "connecting to etcd",
                              timeout=timeout, wait_for_ready=True)
         return response.header.revision
 

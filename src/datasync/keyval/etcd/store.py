@@ -104,6 +104,8 @@ class EtcdStore:
         self.resync_on_reconnect = resync_on_reconnect
         self._client = Client(endpoints, request_timeout)
         self.endpoint = self._client.endpoint
+        # Code written for the embedded store names it by its path.
+        self.path = f"etcd://{self.endpoint}"
         try:
             self._client.wait_ready(dial_timeout)
         except Exception:
