@@ -4,6 +4,7 @@ clients (httpx and curl), and the adapter's watchers on the other side."""
 import base64
 import json
 import queue
+import socket
 import ssl
 import subprocess
 
@@ -391,3 +392,16 @@ def test_malformed_resyncs_rejected(shared_server, body):
     assert response.json()["error"]
     assert adapter.backend.registry.revision == revision
     recorder.assert_idle()
+
+
+def test_server_socket_lets_asyncio_disable_nagle():
+    # asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listening socket's protocol is IPPROTO_TCP; without it every
+    # keep-alive response waits for the client's delayed ACK.
+    adapter = restsync.Adapter()
+    server = restsync.Server(adapter)
+    try:
+        assert server._socket.proto == socket.IPPROTO_TCP
+    finally:
+        server._socket.close()
+        adapter.close()
