@@ -1,8 +1,11 @@
 """Tests of the embedded store: Store, Txn, Registration, DeleteResult."""
 
+import json
 import os
 import queue
 import random
+import subprocess
+import sys
 import threading
 
 import lmdb
@@ -690,6 +693,65 @@ def test_failed_open_leaves_path_usable(tmp_path):
     path.unlink()
     with datasync.Store(path) as store:
         assert store.put("/a", b"1") == 1
+
+
+# Fills a store per seed, overwrites about half of its pages after the two
+# meta pages with random bytes, then opens, reads and writes it. Prints
+# {seed: "phase:ExceptionName" or "ok"} as JSON. A child process runs it,
+# so that a crash inside LMDB fails the test instead of ending pytest.
+CORRUPT_PAGES = """
+import json
+import mmap
+import os
+import random
+import sys
+
+import datasync
+
+outcomes = {}
+for seed in range(int(sys.argv[2])):
+    path = os.path.join(sys.argv[1], str(seed))
+    with datasync.Store(path, durable=False) as store:
+        with store.txn() as txn:
+            for i in range(200):
+                txn.put("/k/%03d" % i, bytes([i]) * 300)
+    data_file = os.path.join(path, "data.mdb")
+    with open(data_file, "rb") as f:
+        data = bytearray(f.read())
+    noise = random.Random(seed)
+    size = mmap.PAGESIZE
+    for page in range(2, len(data) // size):
+        if noise.random() < 0.5:
+            data[page * size:(page + 1) * size] = noise.randbytes(size)
+    with open(data_file, "wb") as f:
+        f.write(data)
+    phase = "open"
+    try:
+        with datasync.Store(path) as store:
+            phase = "read"
+            store.list_values("/")
+            store.changes(0)
+            phase = "write"
+            store.put("/new", b"x")
+        outcomes[seed] = "ok"
+    except Exception as exc:
+        outcomes[seed] = phase + ":" + type(exc).__name__
+print(json.dumps(outcomes))
+"""
+
+
+def test_damaged_pages_raise_invalid_store(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", CORRUPT_PAGES, str(tmp_path), "15"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    outcomes = json.loads(result.stdout)
+    unexpected = {seed: outcome for seed, outcome in outcomes.items()
+                  if outcome != "ok" and
+                  not outcome.endswith(":InvalidStoreError")}
+    assert unexpected == {}
+    # Some stores must open and fail later, or the read path went untested.
+    assert any(o.startswith("read:") for o in outcomes.values())
 
 
 # Use after close ------------------------------------------------------------

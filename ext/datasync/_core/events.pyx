@@ -497,9 +497,17 @@ cdef class PrefixScan:
             self._close()
             raise
         except lmdb.Error as exc:
-            # Closing the store closes its LMDB environment, and with it
-            # the read transaction under this scan.
             self._close()
+            # Imported on use, because loading the lmdb backend package
+            # imports this module.
+            from datasync.keyval.lmdb.env import DAMAGE_ERRORS
+            if isinstance(exc, DAMAGE_ERRORS):
+                raise InvalidStoreError(
+                    f"cannot read the resync values under prefix "
+                    f"{self._prefix!r}: {exc}; the store file is damaged"
+                ) from exc
+            # Otherwise the store was closed, which closed its LMDB
+            # environment and the read transaction under this scan.
             raise StoreClosedError(
                 f"cannot read the resync values under prefix "
                 f"{self._prefix!r}: {exc}; read them before the store is "

@@ -26,6 +26,13 @@ META_COMPACTED = b"compacted"
 META_NEXT_LEASE = b"next_lease"
 META_FORMAT = b"format"
 
+# LMDB errors that mean the file's pages are not what LMDB wrote (lmdb.h:
+# MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_PANIC). A transaction that met
+# such a page fails its later calls with MDB_BAD_TXN (seen with LMDB
+# 0.9.36 on pages overwritten with random bytes).
+DAMAGE_ERRORS = (lmdb.CorruptedError, lmdb.PageNotFoundError,
+                 lmdb.PanicError, lmdb.BadTxnError)
+
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 MAX_READERS = 1024
@@ -100,6 +107,8 @@ class SharedEnv:
         txn = self.begin_read()
         try:
             yield txn
+        except DAMAGE_ERRORS as exc:
+            raise self.damaged(exc) from exc
         finally:
             self.end_read(txn)
 
@@ -158,9 +167,19 @@ class SharedEnv:
             except lmdb.MapFullError:
                 txn.abort()
                 self._grow()
+            except DAMAGE_ERRORS as exc:
+                txn.abort()
+                raise self.damaged(exc) from exc
             except BaseException:
                 txn.abort()
                 raise
+
+    def damaged(self, exc):
+        """Return the InvalidStoreError for an LMDB error of a damaged
+        file."""
+        return InvalidStoreError(
+            f"store {self.path} is damaged: {exc}; restore it from a copy "
+            "or rebuild it (keys on undamaged pages may still be read)")
 
     def _grow(self):
         size = self.env.info()["map_size"]
