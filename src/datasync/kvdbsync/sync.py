@@ -345,9 +345,9 @@ class KVDBSync:
         called on its event loop) or a callable. Passing the same channel
         twice keeps resync and change events in one ordered stream. With
         two channels, each change after a resync is held back until the
-        subscriber calls done() on it or ``notif_timeout`` passes, so the
+        subscriber calls done() on it or ``notif_timeout`` passes. So the
         changes still in the change channel when a resync arrives are
-        all older than its snapshot and can be dropped.
+        all older than its snapshot, and the consumer can drop them.
 
         Returns a KVDBRegistration. Raises RegistrationError for an empty
         or taken resync name or no prefixes, TypeError for a channel of
