@@ -265,3 +265,17 @@ def test_busy_port_is_an_error(run, tmp_path):
                       f"127.0.0.1:{port}")
         assert process.proc.wait(WAIT) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in process.rest_of_log()[-1]
+
+
+def test_json_named_in_content_type(run, tmp_path):
+    server, _, url = start_server(run, tmp_path / "store")
+    content_type = ("application/json; "
+                    "proto=datasync.examples.netagent.Interface")
+    response = httpx.put(url + "/cfg/if/eth1", timeout=WAIT,
+                         content=b'{"name": "eth1"}',
+                         headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    response = httpx.get(url + "/cfg/if/eth1", timeout=WAIT, params={
+        "proto": "datasync.examples.netagent.Interface"})
+    assert response.json()["value"] == {"name": "eth1"}
+    assert server.stop() == 0

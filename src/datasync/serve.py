@@ -233,8 +233,19 @@ def _read_token(path):
 
 
 def _message_types(modules, key_types):
-    from datasync.cli import CommandError, resolve_message_type
+    from datasync.cli import (_KNOWN_PROTO_MODULES, CommandError,
+                              resolve_message_type)
 
+    from google.protobuf.runtime_version import VersionError
+
+    # The messages that `datasync --type` can name by full name can be
+    # named in content types too.
+    for module in _KNOWN_PROTO_MODULES:
+        try:
+            importlib.import_module(module)
+        except (ImportError, VersionError) as exc:
+            log.warning("cannot import %s, so its messages cannot be "
+                        "named in content types: %s", module, exc)
     for module in modules:
         try:
             importlib.import_module(module)
