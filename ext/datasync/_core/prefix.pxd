@@ -20,7 +20,6 @@ cdef class _Node:
 
 cdef class PrefixIndex:
     cdef _Node _root
-    cdef uint64_t _stamp
     cdef Py_ssize_t _size
 
     cdef _Node _find(self, bytes prefix, list path)

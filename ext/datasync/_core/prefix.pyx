@@ -10,9 +10,15 @@ prefixes of one subscriber reaches it only once.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
 from libc.string cimport memcmp
 
 from datasync._core.events cimport KeyVal
+
+# Stamps come from one counter shared by every index, so a subscriber
+# registered in several indexes never carries a stamp that another index
+# could mistake for its own.
+cdef uint64_t _stamp = 0
 
 
 cdef class Subscriber:
@@ -152,16 +158,19 @@ cdef class PrefixIndex:
         cdef const unsigned char *p
         cdef Py_ssize_t i, n, size
         cdef object child
+        cdef uint64_t stamp
+        global _stamp
         for change in changes:
-            self._stamp += 1
+            _stamp += 1
+            stamp = _stamp
             node = self._root
             p = <const unsigned char *>PyBytes_AS_STRING(change._key)
             n = PyBytes_GET_SIZE(change._key)
             i = 0
             while True:
                 for sub in node.subscribers:
-                    if sub._stamp != self._stamp:
-                        sub._stamp = self._stamp
+                    if sub._stamp != stamp:
+                        sub._stamp = stamp
                         if sub._batch is None:
                             sub._batch = []
                             out.append(sub)
