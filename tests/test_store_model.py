@@ -341,7 +341,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 StoreMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None,
+    max_examples=150, stateful_step_count=35, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 
 test_store_matches_model = StoreMachine.TestCase
