@@ -25,7 +25,7 @@ from datasync.keyval.etcd.errors import EtcdUnavailableError
 ENDPOINT_ENV = "DATASYNC_TEST_ETCD"
 REQUIRE_ENV = "DATASYNC_REQUIRE_ETCD"
 
-#: Seconds a starting etcd may take to answer.
+#: Seconds a starting etcd may take to respond.
 START_TIMEOUT = 30.0
 
 
@@ -51,7 +51,7 @@ def free_port():
 
 
 def wait_ready(endpoint, timeout=START_TIMEOUT):
-    """Wait until etcd at ``endpoint`` answers; return its revision."""
+    """Wait until etcd at ``endpoint`` responds; return its revision."""
     client = Client(endpoint, timeout)
     try:
         return client.wait_ready(timeout)
@@ -77,7 +77,7 @@ class EtcdServer:
         self._log = None
 
     def start(self):
-        """Start etcd and wait until it answers."""
+        """Start etcd and wait until it responds."""
         os.makedirs(self.data_dir, exist_ok=True)
         peer = f"http://127.0.0.1:{self.peer_port}"
         client = f"http://{self.endpoint}"
@@ -96,7 +96,7 @@ class EtcdServer:
             wait_ready(self.endpoint)
         except EtcdUnavailableError:
             self.stop()
-            raise RuntimeError(f"etcd did not answer at {self.endpoint} "
+            raise RuntimeError(f"etcd did not respond at {self.endpoint} "
                                f"within {START_TIMEOUT} s; its log: "
                                f"{self.log_tail()}") from None
         return self
@@ -132,7 +132,7 @@ class Proxy:
     """A TCP forwarder from a port of 127.0.0.1 to ``target``.
 
     ``cut()`` closes every connection and the listening socket, so new
-    connections are refused as if the peer had gone; ``restore()``
+    connections are refused as if the peer had gone. ``restore()``
     listens again on the same port.
     """
 
@@ -230,7 +230,8 @@ def etcd_endpoint(tmp_path_factory):
         try:
             wait_ready(endpoint, timeout=10.0)
         except EtcdUnavailableError as exc:
-            pytest.fail(f"${ENDPOINT_ENV}={endpoint} does not answer: {exc}")
+            pytest.fail(f"${ENDPOINT_ENV}={endpoint} does not respond: "
+                        f"{exc}")
         yield endpoint
         return
     if etcd_binary() is None:

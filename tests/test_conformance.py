@@ -502,3 +502,12 @@ def test_closed_store_raises(backend, prefix):
     with pytest.raises(datasync.StoreClosedError):
         store.put(prefix + "a", b"1")
     store.close()
+
+
+def test_changes_two_prefixes_repeated(store, prefix):
+    base = store.put(prefix + "x/1", b"1")
+    store.put(prefix + "y/1", b"2")
+    store.put(prefix + "z/1", b"3")
+    for _ in range(3):
+        got = store.changes(base - 1, prefix + "x/", prefix + "z/")
+        assert [c.key for c in got] == [prefix + "x/1", prefix + "z/1"]

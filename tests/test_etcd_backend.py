@@ -503,6 +503,7 @@ def test_restart_resumes_without_loss(private_etcd):
     chan = queue.Queue()
     registration = watcher.watch("restart", chan, chan, "/r/")
     assert isinstance(next_event(chan), ResyncEvent)
+
     before = [writer.put(f"/r/{i % 3}", f"a{i}".encode())
               for i in range(20)]
     writer.close()
@@ -512,6 +513,7 @@ def test_restart_resumes_without_loss(private_etcd):
     writer = EtcdStore(private_etcd.endpoint)
     after = [writer.put(f"/r/{i % 3}", f"b{i}".encode())
              for i in range(20)]
+
     events = collect(chan, after[-1])
     assert all(isinstance(e, ChangeEvent) for e in events)
     assert [e.revision for e in events] == before + after
@@ -520,6 +522,7 @@ def test_restart_resumes_without_loss(private_etcd):
         change = event.changes[0]
         assert change.prev_value == prev.get(change.key)
         prev[change.key] = change.value
+
     registration.close()
     writer.close()
     watcher.close()
@@ -530,7 +533,10 @@ def test_restart_sends_resync_once_back(private_etcd):
     writer = EtcdStore(private_etcd.endpoint)
     chan = queue.Queue()
     registration = watcher.watch("restart", chan, chan, "/r/")
-    view = view_of(chan.get(timeout=EVENT_TIMEOUT))
+    first = chan.get(timeout=EVENT_TIMEOUT)
+    view = view_of(first)
+    first.done()
+
     before = [writer.put(f"/r/{i % 3}", f"a{i}".encode())
               for i in range(10)]
     writer.close()
@@ -539,6 +545,7 @@ def test_restart_sends_resync_once_back(private_etcd):
     writer = EtcdStore(private_etcd.endpoint)
     after = [writer.put(f"/r/{i % 3}", f"b{i}".encode())
              for i in range(10)]
+
     changes, resyncs = [], []
     # A resync may come after the last put, which then is no change.
     while max(changes[-1:] + resyncs[-1:] + [0]) < after[-1]:
@@ -551,14 +558,16 @@ def test_restart_sends_resync_once_back(private_etcd):
             for change in event.changes:
                 view[change.key] = change.value
         event.done()
+
     assert len(resyncs) == 1
     assert resyncs[0] >= before[-1]
     assert changes == sorted(set(changes))
     assert [r for r in changes if r > resyncs[0]] == [
         r for r in after if r > resyncs[0]]
-    assert [r for r in changes if r <= before[-1]] == \
-        before[:len([r for r in changes if r <= before[-1]])]
+    delivered_before = [r for r in changes if r <= before[-1]]
+    assert delivered_before == before[:len(delivered_before)]
     assert view == {kv.key: kv.value for kv in writer.list_values("/r/")}
+
     registration.close()
     writer.close()
     watcher.close()
@@ -574,6 +583,7 @@ def test_compacted_while_cut_gets_resync(private_etcd, etcd_log):
     writer.put("/c/a", b"1")
     seen = writer.put("/c/b", b"2")
     assert collect(chan, seen)[-1].revision == seen
+
     lost = etcd_log("lost the connection")
     retries = etcd_log("still unreachable")
     proxy.cut()
@@ -582,11 +592,12 @@ def test_compacted_while_cut_gets_resync(private_etcd, etcd_log):
     writer.delete("/c/b")
     writer.put("/c/c", b"3")
     writer.compact(writer.revision)
-    # Five more failed attempts take 1.5 s or more with the back-off
-    # (0.1 s doubling); a loop that spun would burn that much CPU.
-    retries.wait_for(6)
-    cpu_seconds = retries.times[5] - retries.times[0]
+    # From the 2nd to the 5th failed attempt the back-off waits 0.2 +
+    # 0.4 + 0.8 s; a retry loop that spun would burn that CPU time.
+    retries.wait_for(4)
+    cpu_seconds = retries.times[3] - retries.times[0]
     assert cpu_seconds < 0.5
+
     proxy.restore()
     events = []
     while not events or not isinstance(events[-1], ResyncEvent):
@@ -600,6 +611,7 @@ def test_compacted_while_cut_gets_resync(private_etcd, etcd_log):
                            for kv in writer.list_values("/c/")}
     live = writer.put("/c/d", b"4")
     assert next_event(chan).revision == live
+
     registration.close()
     writer.close()
     watcher.close()

@@ -7,7 +7,7 @@ from datasync.errors import (CompactedError, DatasyncError,
                              InvalidValueError)
 
 __all__ = ["EtcdError", "EtcdUnavailableError", "TooManyOperationsError",
-           "map_rpc_error", "is_unavailable"]
+           "map_rpc_error"]
 
 
 class EtcdError(DatasyncError):
@@ -38,12 +38,6 @@ _LARGER_THAN_MAX = "larger than max"
 
 _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE,
                       grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def is_unavailable(exc):
-    """True if ``exc`` is a gRPC error that means etcd was not reached."""
-    return (isinstance(exc, grpc.RpcError) and
-            exc.code() in _UNAVAILABLE_CODES)
 
 
 def map_rpc_error(exc, what, endpoint, revision=None):

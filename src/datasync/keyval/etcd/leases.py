@@ -111,6 +111,9 @@ class LifetimeLease:
             try:
                 self._run_stream(lease)
                 delay = _RETRY_MIN
+                # etcd ended the stream without an error; reopen it, but
+                # not in a tight loop if it keeps doing so.
+                self._stop.wait(_RETRY_MIN)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return

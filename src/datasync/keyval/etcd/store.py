@@ -79,13 +79,13 @@ class EtcdStore:
             with_client_lifetime_ttl(): how long such keys outlive a
             client that ended without close().
         resync_on_reconnect: send every subscription a resync once etcd
-            answers again after the connection was lost. False resumes
+            responds again after the connection was lost. False resumes
             each from its next revision instead.
         max_value_size: largest value accepted by put, in bytes.
         notif_timeout: seconds a resync event may stay without done()
             before the changes after it are sent anyway.
 
-    Raises EtcdUnavailableError when etcd does not answer within
+    Raises EtcdUnavailableError when etcd does not respond within
     ``dial_timeout``, and ValueError for an invalid endpoint or
     serializer.
     """
@@ -192,9 +192,7 @@ class EtcdStore:
         self._check_compacted(after_revision)
         index = None
         if prefixes:
-            # A new subscriber per index: an index stamps the subscribers
-            # it routes to with its own counter, so one shared with an
-            # earlier index could look already served and miss changes.
+            # The index routes each matching change to ``selected``.
             index = PrefixIndex()
             selected = Subscriber()
             for prefix in prefixes:
