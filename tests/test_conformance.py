@@ -511,3 +511,15 @@ def test_changes_two_prefixes_repeated(store, prefix):
     for _ in range(3):
         got = store.changes(base - 1, prefix + "x/", prefix + "z/")
         assert [c.key for c in got] == [prefix + "x/1", prefix + "z/1"]
+
+
+def test_watch_from_future_revision_waits(store, prefix):
+    start = store.put(prefix + "a", b"1") + 2
+    chan = queue.Queue()
+    registration = store.watch("sub", chan, chan, prefix,
+                               from_revision=start)
+    written = [store.put(prefix + "a", str(i).encode()) for i in range(4)]
+    event = next_event(chan)
+    assert event.revision == start + 1
+    assert event.revision == written[2]
+    registration.close()

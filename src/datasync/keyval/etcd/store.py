@@ -238,6 +238,9 @@ class EtcdStore:
                               "reading a past revision", revision)
         except CompactedError:
             return False
+        except ValueError:
+            # A future revision: nothing after it was compacted yet.
+            return True
         return True
 
     def _check_compacted(self, after_revision):
