@@ -1,8 +1,10 @@
 """Tests of the gRPC transport: a real grpcio server and client on
 127.0.0.1, with the adapter's watchers on the other side."""
 
+import gc
 import json
 import queue
+import threading
 
 import grpc
 import pytest
@@ -46,6 +48,10 @@ def serve():
     for server, adapter in started:
         server.stop(grace=1.0)
         adapter.close()
+    # A call that ended with an error leaves reference cycles that keep
+    # file descriptors (an epoll, an eventfd, a socket pair) open until
+    # the garbage collector runs; later tests may count descriptors.
+    gc.collect()
 
 
 @pytest.fixture
@@ -431,6 +437,20 @@ def test_token_required(serve, client_for):
     assert recorder.next().changes[0].key == PREFIX + "if1"
 
 
+def test_failed_streams_leave_no_thread(serve):
+    _, target = serve(server_options={"token": "s3cret"})
+    before = set(threading.enumerate())
+    client = grpcsync.Client(target, token="wrong", timeout=WAIT)
+    for _ in range(3):
+        with pytest.raises(grpcsync.TransportError):
+            client.put(PREFIX + "if1", interface("if1"))
+    client.close()
+    started = set(threading.enumerate()) - before
+    for thread in started:
+        thread.join(WAIT)
+    assert [t.name for t in started if t.is_alive()] == []
+
+
 def test_oversized_value_rejected(serve, client_for):
     adapter, target = serve(max_value_size=1000)
     client = client_for(target)
@@ -510,6 +530,7 @@ def shared_server():
     yield adapter, recorder, f"127.0.0.1:{port}"
     server.stop(grace=1.0)
     adapter.close()
+    gc.collect()
 
 
 _TYPE = "datasync.examples.netagent.Interface"

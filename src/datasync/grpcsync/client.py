@@ -283,6 +283,9 @@ class _Stream:
             self._closed = True
             pending = list(self._pending)
             self._pending.clear()
+        # grpcio's thread that sends the requests may still wait for the
+        # next one; this ends it.
+        self._requests.put(_END)
         self._fail(pending, error)
 
     def _fail(self, pending, error):
