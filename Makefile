@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,demo,grpc,rest,etcd]'
+	$(PY) -m pip install --quiet -e '.[test,demo,grpc,rest,etcd,nats]'
 	touch $(STAMP)
 
 install: $(STAMP)
