@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 
@@ -9,6 +10,7 @@ import pytest
 
 import datasync
 from datasync.events import ChangeEvent, ResyncEvent
+from datasync.keyval.lmdb import watch as watch_module
 
 EVENT_TIMEOUT = 10.0
 
@@ -283,6 +285,51 @@ def test_slow_subscription_does_not_delay_others(store, drain):
     events = drain(fast, 20)
     assert [e.revision for e in events] == list(range(1, 21))
     assert stuck.qsize() == 1
+
+
+# Watches with a queue of one event that nobody reads, commits three
+# revisions, prints "ready", then waits on stdin.
+STUCK_CONSUMER = """
+import queue
+import sys
+
+import datasync
+
+store = datasync.Store(sys.argv[1])
+chan = queue.Queue(maxsize=1)
+store.watch("stuck", chan, chan, "/")
+for i in range(3):
+    store.put("/k/%d" % i, b"v")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def context_switches(pid):
+    """Voluntary context switches of every thread of process ``pid``."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_stuck_consumer_wakes_dispatcher_rarely(tmp_path, spawn_python):
+    child = spawn_python(STUCK_CONSUMER, tmp_path / "store")
+    assert child.readline() == "ready"
+    # The dispatcher retries every 5 ms until the queue has taken nothing
+    # for STALL_AFTER seconds, then every STALLED_RETRY seconds.
+    with pytest.raises(queue.Empty):
+        child.lines.get(timeout=watch_module.STALL_AFTER + 0.1)
+    # Each retry is one wake-up of the dispatcher thread, so retrying
+    # every 5 ms would make about 200 in this second.
+    before = context_switches(child.pid)
+    with pytest.raises(queue.Empty):
+        child.lines.get(timeout=1.0)
+    switches = context_switches(child.pid) - before
+    assert switches < 60
 
 
 def test_compaction_past_lagging_gives_resync(open_store, drain):

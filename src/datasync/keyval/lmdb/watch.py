@@ -44,6 +44,12 @@ CLOSED = "closed"
 # lag cause these wake-ups; an idle dispatcher sleeps until notified.
 LAG_RETRY = 0.005
 
+# After STALL_AFTER seconds in which no full channel took an offer, offers
+# are retried every STALLED_RETRY seconds instead, so a consumer that
+# stopped reading costs 10 wake-ups a second rather than 200.
+STALL_AFTER = 0.5
+STALLED_RETRY = 0.1
+
 
 class Subscription(Subscriber):
     """One watch: a resync name, its prefixes, channels and cursor."""
@@ -104,6 +110,10 @@ class Dispatcher:
         self.index = PrefixIndex()
         self.subscriptions = {}
         self._stopping = False
+        # Offers that lagging or resyncing subscriptions accepted, and the
+        # time of the last pass in which one did.
+        self._offers_taken = 0
+        self._progress_at = None
         with shared.read() as txn:
             self.position = shared.revision(txn)
         notifier.listen()
@@ -205,6 +215,7 @@ class Dispatcher:
 
     def _step(self):
         with self.lock:
+            offers_before = self._offers_taken
             with self.shared.read() as txn:
                 current = self.shared.revision(txn)
                 floor = self.shared.compacted(txn)
@@ -212,6 +223,9 @@ class Dispatcher:
                     self._deliver_live(txn, current, floor)
                 self._serve_others(txn, floor)
             timeout = self._timeout()
+            retry = self._retry_delay(offers_before, time.monotonic())
+            if retry is not None:
+                timeout = retry if timeout is None else min(timeout, retry)
         deadline = self.housekeeping()
         if deadline is not None:
             wait = max(0.0, deadline - time.time())
@@ -279,6 +293,7 @@ class Dispatcher:
                 event = ChangeEvent(matched, revision, sub.on_change_done)
                 if not sub.change_sink.offer(event):
                     return
+                self._offers_taken += 1
             sub.cursor = revision
         sub.cursor = max(sub.cursor, self.position)
         sub.state = LIVE
@@ -300,6 +315,7 @@ class Dispatcher:
         if not sub.resync_sink.offer(event):
             snapshot.close()
             return
+        self._offers_taken += 1
         log.debug("sent resync at revision %d to %r", snapshot.revision,
                   sub.name)
         sub.cursor = snapshot.revision
@@ -310,11 +326,22 @@ class Dispatcher:
             sub.state = RESYNC_HELD
             sub.held_until = time.monotonic() + sub.notif_timeout
 
+    def _retry_delay(self, offers_before, now):
+        """Seconds until full channels are offered to again, or None."""
+        if not any(sub.state in (LAGGING, RESYNC_PENDING)
+                   for sub in self.subscriptions.values()):
+            self._progress_at = None
+            return None
+        if (self._progress_at is None or
+                self._offers_taken != offers_before):
+            self._progress_at = now
+        if now - self._progress_at < STALL_AFTER:
+            return LAG_RETRY
+        return STALLED_RETRY
+
     def _timeout(self):
         timeout = None
         for sub in self.subscriptions.values():
-            if sub.state in (LAGGING, RESYNC_PENDING):
-                return LAG_RETRY
             if sub.state == RESYNC_HELD:
                 wait = max(0.0, sub.held_until - time.monotonic())
                 timeout = wait if timeout is None else min(timeout, wait)
