@@ -191,7 +191,7 @@ def test_put_error_result_raises(serve, client_for):
 
     with pytest.raises(grpcsync.ResultError) as info:
         client.put(PREFIX + "if1", interface("if1"))
-    assert info.value.code == Result.SUBSCRIBER_ERROR
+    assert info.value.code is Result.SUBSCRIBER_ERROR
     assert info.value.key == PREFIX + "if1"
     assert info.value.operation == "put"
     assert recorder.next().changes[0].key == PREFIX + "if1"
@@ -406,6 +406,13 @@ def test_resync_duplicate_key_rejected(serve):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "twice" in error.details()
     assert adapter.backend.registry.revision == 0
+
+
+def test_adapter_and_client_protocols(serve, client_for):
+    adapter, target = serve()
+    client = client_for(target)
+    assert isinstance(adapter, datasync.KeyValProtoWatcher)
+    assert isinstance(client, datasync.KeyProtoValWriter)
 
 
 def test_ping_answers(serve, client_for):

@@ -177,6 +177,11 @@ def test_curl_put_get_delete_resync(serve):
     recorder.assert_idle()
 
 
+def test_adapter_is_watcher(serve):
+    adapter, _ = serve()
+    assert isinstance(adapter, datasync.KeyValProtoWatcher)
+
+
 def test_list_prefix(serve, http):
     adapter, url = serve()
     client = http(url)

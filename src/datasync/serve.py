@@ -83,7 +83,7 @@ def add_arguments(parser):
 def run(args, store):
     """Serve ``store`` until SIGTERM or SIGINT; return 0 after the stop.
 
-    ``args`` holds the options that add_arguments defines. The caller
+    ``args`` contains the options that add_arguments defines. The caller
     closes the store afterwards. Raises ServeError for invalid options
     or a server that cannot start.
     """

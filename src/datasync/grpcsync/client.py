@@ -1,8 +1,8 @@
 """A DataMsgService client: puts, deletes and resyncs over gRPC.
 
-Puts and deletes travel over one long-lived dataChanges stream; the
-server answers each request in order, so the client pairs replies with
-requests by position.
+Puts and deletes travel over one long-lived dataChanges stream. The
+server replies to the requests in order, so the client pairs replies
+with requests by position.
 """
 
 import collections
@@ -141,7 +141,7 @@ class Client:
             key=key, operationType=msg_pb2.DEL))
 
     def resync(self, values):
-        """Replace everything the server holds with ``values``.
+        """Replace everything the server stores with ``values``.
 
         ``values`` maps keys to messages (or bytes). Returns None when
         every key was applied. Raises ResultError, whose ``results`` maps
@@ -161,7 +161,7 @@ class Client:
                                   metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _translate(exc, "resync") from None
-        results = {item.key: item.result
+        results = {item.key: _as_result(item.result)
                    for item in reply.dataResyncs.replies}
         failed = {key: code for key, code in results.items() if code}
         if failed or reply.HasField("error"):
@@ -315,10 +315,18 @@ def _resolve(future, request, reply):
     elif reply.result:
         future.set_exception(ResultError(
             f"{what} of key {request.key!r} failed with result "
-            f"{reply.result}: {describe(reply.result)}", reply.result,
-            request.key, what))
+            f"{reply.result}: {describe(reply.result)}",
+            _as_result(reply.result), request.key, what))
     else:
         future.set_result(None)
+
+
+def _as_result(code):
+    """Return a Result for a known code, else the int a newer server sent."""
+    try:
+        return Result(code)
+    except ValueError:
+        return code
 
 
 def _operation_name(request):
