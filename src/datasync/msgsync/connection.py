@@ -59,14 +59,15 @@ async def connect(address, name, timeout=DEFAULT_CONNECT_TIMEOUT,
     """
     url = server_url(address)
     client = nats.NATS()
-    failures = 0
+    failures = []
+    opened = False
 
     async def on_error(exc):
-        # The client reports every failed attempt here; the first one is
-        # enough for the log.
-        nonlocal failures
-        failures += 1
-        if failures == 1:
+        # The client reports every failed attempt here. Before the first
+        # connection the last one goes into the raised error. After it,
+        # the first one of each outage is logged.
+        failures.append(exc)
+        if opened and len(failures) == 1:
             log.warning("connection to NATS at %s failed: %s; retrying",
                         url, exc)
 
@@ -76,8 +77,7 @@ async def connect(address, name, timeout=DEFAULT_CONNECT_TIMEOUT,
                         url)
 
     async def on_reconnected():
-        nonlocal failures
-        failures = 0
+        failures.clear()
         log.info("reconnected to NATS at %s", url)
         if on_reconnect is not None:
             await on_reconnect()
@@ -91,10 +91,14 @@ async def connect(address, name, timeout=DEFAULT_CONNECT_TIMEOUT,
             timeout)
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         await _abandon(client)
+        cause = failures[-1] if failures else exc
         raise BrokerUnavailableError(
-            f"cannot connect to NATS at {url} within {timeout:.1f} s "
-            f"({exc or type(exc).__name__}); start nats-server with "
-            "JetStream (nats-server -js) or check the address") from exc
+            f"cannot connect to NATS at {url} within {timeout:.1f} s: "
+            f"{str(cause) or type(cause).__name__}; start nats-server "
+            "with JetStream (nats-server -js) or check the address"
+        ) from exc
+    failures.clear()
+    opened = True
     return client
 
 
