@@ -13,6 +13,7 @@ Tests reach NATS in one of three ways:
 """
 
 import asyncio
+import json
 import os
 import queue
 import shutil
@@ -29,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import datasync
-from datasync import Op
+from datasync import Op, cli
 from datasync.events import ResyncEvent
 
 nats = pytest.importorskip(
@@ -802,3 +803,41 @@ def test_publish_while_down_times_out(private_nats, topic, open_client):
     assert revision == 2
     assert publisher.put("after", text("z")) == 3
 
+
+# The datasync command ---------------------------------------------------------
+
+def run_command(capsys, *argv):
+    """Run ``datasync ARGV`` in this process; return (status, JSON lines).
+    """
+    status = cli.main(list(argv))
+    out = capsys.readouterr().out
+    return status, [json.loads(line) for line in out.splitlines()]
+
+
+def test_command_publishes_to_topic(nats_address, topic, capsys):
+    target = ["--nats", nats_address, "--topic", topic]
+    assert run_command(capsys, *target, "put", "a/1", "one") == (
+        0, [{"revision": 1}])
+    assert run_command(capsys, "put", *target, "a/2", "two") == (
+        0, [{"revision": 2}])
+    assert run_command(capsys, *target, "del", "--prefix", "a/") == (
+        0, [{"revision": 4}])
+    assert run_command(capsys, *target, "get", "a/1")[0] == cli.EXIT_USAGE
+    assert run_command(capsys, "--nats", nats_address, "put", "k",
+                       "v")[0] == cli.EXIT_USAGE
+
+
+def test_command_watches_topic(nats_address, topic, capsys, spawn):
+    target = ["--nats", nats_address, "--topic", topic]
+    run_command(capsys, *target, "put", "w/1", "before")
+    child = spawn("import sys\nfrom datasync.cli import main\n"
+                  "sys.exit(main(sys.argv[1:]))", *target, "watch", "w/")
+    assert json.loads(child.readline()) == {
+        "revision": 1, "op": "resync", "key": "w/1", "value": "before",
+        "prev_value": None}
+    run_command(capsys, *target, "put", "w/1", "after")
+    assert json.loads(child.readline()) == {
+        "revision": 2, "op": "put", "key": "w/1", "value": "after",
+        "prev_value": "before"}
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.proc.wait(timeout=TIMEOUT) == 0

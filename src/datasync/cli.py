@@ -3,7 +3,9 @@
 Every command opens the store at ``--db`` (default ``$DATASYNC_DB``, else
 ``./datasync.lmdb``), or the etcd at ``--etcd`` (default
 ``$DATASYNC_ETCD`` when ``--db`` is not given), does its work and closes
-it. Commands print JSON,
+it. With ``--nats HOST:PORT --topic NAME``, ``put``, ``del`` and
+``watch`` publish to and watch a topic on NATS JetStream instead (see
+datasync.msgsync). Commands print JSON,
 one object per line, so that their output can be piped into ``jq`` or
 read line by line from another program.
 """
@@ -293,7 +295,47 @@ def _etcd_endpoint(args):
     return os.environ.get(ETCD_ENV) or None
 
 
+def _nats_address(args):
+    """Return the NATS address of a topic command, or None."""
+    address = getattr(args, "nats", None)
+    topic = getattr(args, "topic", None)
+    if address is None:
+        if topic is not None:
+            raise CommandError("--topic needs --nats HOST:PORT", EXIT_USAGE)
+        return None
+    if getattr(args, "db", None) is not None or \
+            getattr(args, "etcd", None) is not None:
+        raise CommandError("--nats names a topic, --db and --etcd a store; "
+                           "pass one", EXIT_USAGE)
+    if topic is None:
+        raise CommandError("--nats needs --topic NAME", EXIT_USAGE)
+    return address
+
+
+def _open_publisher(args):
+    from datasync.msgsync import TopicPublisher
+
+    return TopicPublisher(_nats_address(args), args.topic)
+
+
+def _open_watcher(args):
+    """Return the Store or TopicWatcher to watch, and its watch options."""
+    if _nats_address(args) is None:
+        return (_open_store(args, create=True),
+                {"from_revision": args.from_revision})
+    if args.from_revision is not None:
+        raise CommandError("--from-revision works with a store, not with "
+                           "--nats", EXIT_USAGE)
+    from datasync.msgsync import TopicWatcher
+
+    return TopicWatcher(args.nats, args.topic), {"durable": False}
+
+
 def _open_store(args, create):
+    if getattr(args, "nats", None) is not None:
+        raise CommandError("--nats works with the put, del and watch "
+                           f"commands only, not with {args.command}",
+                           EXIT_USAGE)
     endpoint = _etcd_endpoint(args)
     if endpoint is not None:
         from datasync.keyval.etcd import EtcdStore
@@ -357,6 +399,14 @@ def cmd_put(args):
     opts = []
     if args.ttl is not None:
         opts.append(with_ttl(args.ttl))
+    if _nats_address(args) is not None:
+        if opts or args.lifetime:
+            raise CommandError("a topic does not expire keys: --ttl and "
+                               "--lifetime do not work with --nats",
+                               EXIT_USAGE)
+        with _open_publisher(args) as publisher:
+            _emit({"revision": publisher.put(args.key, value)})
+        return EXIT_OK
     if not args.lifetime:
         with _open_store(args, create=True) as store:
             revision = store.put(args.key, value, *opts)
@@ -400,6 +450,10 @@ def cmd_get(args):
 
 def cmd_del(args):
     opts = [with_prefix()] if args.prefix else []
+    if _nats_address(args) is not None:
+        with _open_publisher(args) as publisher:
+            _emit({"revision": publisher.delete(args.key, *opts)})
+        return EXIT_OK
     with _open_store(args, create=False) as store:
         result = store.delete(args.key, *opts)
     _emit({"revision": result.revision, "deleted": len(result.deleted)})
@@ -456,11 +510,12 @@ def cmd_watch(args):
     # keeps them in order.
     events = queue.Queue()
     stop = object()
+    source, options = _open_watcher(args)
     with _StopSignals(lambda: events.put(stop)):
-        with _open_store(args, create=True) as store:
-            registration = store.watch(
+        with source:
+            registration = source.watch(
                 f"datasync-cli-{os.getpid()}", events, events,
-                *args.prefixes, from_revision=args.from_revision)
+                *args.prefixes, **options)
             with registration:
                 while True:
                     event = events.get()
@@ -578,6 +633,16 @@ def _add_etcd_option(parser, default):
              f"(default: ${ETCD_ENV} when --db is not given)")
 
 
+def _add_nats_options(parser, default):
+    parser.add_argument(
+        "--nats", metavar="HOST:PORT", default=default,
+        help="put, del and watch: use a topic on the NATS server (with "
+             "JetStream) at HOST:PORT instead of a store")
+    parser.add_argument(
+        "--topic", metavar="NAME", default=default,
+        help="name of the topic on --nats")
+
+
 def _add_type_option(parser, default):
     parser.add_argument(
         "--type", metavar="NAME", dest="type_name", default=default,
@@ -592,6 +657,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_db_options(parser, None)
     _add_etcd_option(parser, None)
+    _add_nats_options(parser, None)
     _add_type_option(parser, None)
 
     # The global options are accepted after the command name too. There
@@ -600,6 +666,7 @@ def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     _add_db_options(common, argparse.SUPPRESS)
     _add_etcd_option(common, argparse.SUPPRESS)
+    _add_nats_options(common, argparse.SUPPRESS)
     typed = argparse.ArgumentParser(add_help=False)
     _add_type_option(typed, argparse.SUPPRESS)
 
