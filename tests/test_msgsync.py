@@ -14,6 +14,7 @@ Tests reach NATS in one of three ways:
 
 import asyncio
 import json
+import logging
 import os
 import queue
 import shutil
@@ -451,6 +452,31 @@ def test_registration_resync_sends_snapshot(nats_address, topic,
         "s/": [("s/a", text("a").SerializeToString(), revision)]}
 
 
+def test_resync_before_done_acks_all(nats_address, topic, open_client,
+                                     caplog):
+    publisher = open_client(TopicPublisher(nats_address, topic))
+    watcher = open_client(TopicWatcher(nats_address, topic))
+    changes, resyncs = queue.Queue(), queue.Queue()
+    registration = watcher.watch("pending", changes, resyncs, "a/")
+    get(resyncs, "resync").done()
+    publisher.put("a/1", text("one"))
+    publisher.put("a/2", text("two"))
+    first = get(changes, "first change")
+    second = get(changes, "second change")
+    # The resync comes at the revision of a change not yet done.
+    registration.resync()
+    resync = get(resyncs, "second resync")
+    first.done()
+    second.done()
+    resync.done()
+    revision = publisher.put("a/3", text("three"))
+    get(changes, "third change").done()
+    assert resync.revision == second.revision
+    assert registration.flush() == revision
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.ERROR] == []
+
+
 def test_register_adds_prefix(nats_address, topic, open_client):
     publisher = open_client(TopicPublisher(nats_address, topic))
     watcher = open_client(TopicWatcher(nats_address, topic))
@@ -521,6 +547,29 @@ def test_foreign_message_is_skipped(nats_address, topic, open_client):
     assert change_tuple(event) == (
         revision, Op.PUT, "k", text("v").SerializeToString(), None)
     assert registration.flush() == revision
+
+
+def test_foreign_last_message_ends_resync(nats_address, topic,
+                                          open_client):
+    publisher = open_client(TopicPublisher(nats_address, topic))
+    revision = publisher.put("k", text("v"))
+    foreign = with_jetstream(nats_address, lambda js: js.publish(
+        f"datasync.{topic}.other", b"no datasync headers"))
+    watcher = open_client(TopicWatcher(nats_address, topic))
+    chan = queue.Queue()
+    watcher.watch("foreign-last", chan, chan, "")
+    resync = get(chan, "resync")
+    assert resync.revision == foreign.seq
+    assert resync_values(resync) == {
+        "": [("k", text("v").SerializeToString(), revision)]}
+
+
+def test_publish_timeout_within_window(nats_address, topic, open_client):
+    open_client(TopicPublisher(nats_address, topic, duplicate_window=5.0,
+                               publish_timeout=1.0))
+    with pytest.raises(datasync.InvalidOptionError) as info:
+        TopicPublisher(nats_address, topic, publish_timeout=10.0)
+    assert "duplicate window" in str(info.value)
 
 
 def test_ephemeral_watch_deletes_consumer(nats_address, topic,

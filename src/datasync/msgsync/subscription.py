@@ -14,8 +14,8 @@ event loop:
 - The table contains the latest value of every key of the topic, so each
   change carries the previous value of its key, whatever the prefixes.
 - A message is acknowledged once the subscriber called done() on its
-  event and on every event before it; messages that match no prefix are
-  acknowledged with them.
+  event and on every event before it. Messages that match no prefix are
+  acknowledged together with the events around them.
 - A durable watch that starts again finds its consumer with an ack floor
   S. It rebuilds the table by reading the stream up to S, then receives
   the changes after S without a resync.
@@ -264,6 +264,7 @@ class Subscription:
             try:
                 if self.sub is None:
                     await self.start()
+                    wait = RESTART_WAIT
                 await self._pump()
             except asyncio.CancelledError:
                 raise
@@ -352,17 +353,20 @@ class Subscription:
 
         parsed = self._parse(msg)
         self.position = seq
-        if parsed is None:
-            self._add_spare(seq, msg)
-            return
-        key, op, value, content_type = parsed
-        prev = _fold(self.table, key, op, value, content_type, seq)
         if self.phase == SNAPSHOT:
+            # Nothing is acknowledged before the resync is done.
+            if parsed is not None:
+                _fold(self.table, *parsed, seq)
             self.last_msg = msg
             if seq >= self.snapshot_until or meta.num_pending == 0:
                 await self._finish_snapshot()
             return
+        if parsed is None:
+            self._add_spare(seq, msg)
+            return
 
+        key, op, value, content_type = parsed
+        prev = _fold(self.table, key, op, value, content_type, seq)
         change = wire.make_change(key, op, value, content_type, prev, seq)
         if op is Op.DELETE and prev is None or \
                 not self.index.route([change]):
@@ -448,13 +452,22 @@ class Subscription:
 
     def _append(self, entry):
         self.window.append(entry)
-        self.by_seq[entry.seq] = entry
+        if entry.msg is not None:
+            self.by_seq[_stream_seq(entry.msg)] = entry
+
+    def _forget(self, entry):
+        # by_seq finds the entry of a message delivered again, by the
+        # stream sequence of the message that the entry acknowledges.
+        if entry.msg is not None:
+            seq = _stream_seq(entry.msg)
+            if self.by_seq.get(seq) is entry:
+                del self.by_seq[seq]
 
     def _add_spare(self, seq, msg):
         last = self.window[-1] if self.window else None
         if last is not None and last.spare:
             # Consecutive spare messages need only the last one's ack.
-            del self.by_seq[last.seq]
+            self._forget(last)
             last.seq = seq
             last.msg = msg
             self.by_seq[seq] = last
@@ -500,7 +513,7 @@ class Subscription:
         last = None
         while self.window and self.window[0].done:
             entry = self.window.popleft()
-            del self.by_seq[entry.seq]
+            self._forget(entry)
             self.acked = entry.seq
             if entry.msg is not None:
                 last = entry.msg
@@ -582,6 +595,10 @@ class Subscription:
         self.change_sink.close()
         if not self.same_channel:
             self.resync_sink.close()
+
+
+def _stream_seq(msg):
+    return msg.metadata.sequence.stream
 
 
 def _retrieve(task):
