@@ -184,16 +184,18 @@ def test_remote_growth_of_map_adopted(open_store, spawn_python):
 
 
 def test_notifier_finds_socket_bound_same_tick(tmp_path):
+    generations = [0]
     sender = Notifier(str(tmp_path))
-    sender.broadcast()
+    sender.broadcast(generations[0])
     mtime = os.stat(sender.directory).st_mtime_ns
     receiver = Notifier(str(tmp_path))
-    receiver.listen()
+    receiver.listen(lambda: generations.append(generations[-1] + 1))
     # On a file system with coarse timestamps the bind can leave the
-    # directory's mtime unchanged; set it back to simulate that.
+    # directory's mtime unchanged; the listener generation, not the
+    # mtime, must make the sender list the directory again.
     os.utime(sender.directory, ns=(mtime, mtime))
     try:
-        sender.broadcast()
+        sender.broadcast(generations[-1])
         assert receiver.wait(5.0) is True
     finally:
         receiver.close()

@@ -6,6 +6,12 @@ socket after a commit, so a watcher sleeps in recv() until something
 changed and burns no CPU while idle. A datagram only says "look at the
 log"; losing one to a full socket buffer is harmless because the
 receiver already has one pending.
+
+Writers cache the list of sockets. A new listener commits a bump of the
+store's listener generation after binding and reads the log only after
+that, and every writer reads the generation in its own transaction and
+lists the directory again when it changed. So a commit either sees the
+new socket or comes before the listener's first read of the log.
 """
 
 import errno
@@ -16,18 +22,12 @@ import select
 import socket
 import tempfile
 import threading
-import time
 
 log = logging.getLogger("datasync.store")
 
 # sun_path holds 108 bytes on Linux and 104 on macOS, with the NUL.
 _MAX_SOCKET_PATH = 100
 
-# A directory's mtime has the file system's timestamp granularity (a
-# clock tick, 1 s on ext3, 2 s on FAT), so a socket bound in the same tick
-# as the last change leaves the mtime as it was. A listing is only reused
-# once it was taken this long after that mtime.
-_RACY_NS = 2_000_000_000
 
 
 def notify_dir(store_path):
@@ -55,12 +55,15 @@ class Notifier:
         self._listener = None
         self._address = None
         self._targets = []
-        self._targets_mtime = None
-        self._listed_at = 0
+        self._generation = None
         self._lock = threading.Lock()
 
-    def listen(self):
-        """Bind this process's socket; broadcasts reach it from now on."""
+    def listen(self, announce):
+        """Bind this process's socket, then call ``announce()``.
+
+        ``announce`` must commit a new listener generation; broadcasts of
+        every commit after it reach this socket.
+        """
         if self._listener is not None:
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -74,6 +77,7 @@ class Notifier:
         sock.setblocking(False)
         self._listener = sock
         self._address = address
+        announce()
 
     def wait(self, timeout):
         """Sleep until a wake-up arrives or ``timeout`` seconds pass.
@@ -102,26 +106,24 @@ class Notifier:
         if self._address is not None:
             self._send(self._address)
 
-    def broadcast(self):
-        """Wake every listening process, this one included."""
-        for address in self._current_targets():
+    def broadcast(self, generation):
+        """Wake every listening process, this one included.
+
+        ``generation`` is the listener generation read in the commit's
+        transaction; the socket list is read again when it changed.
+        """
+        for address in self._current_targets(generation):
             self._send(address)
 
-    def _current_targets(self):
-        try:
-            mtime = os.stat(self.directory).st_mtime_ns
-        except FileNotFoundError:
-            os.makedirs(self.directory, exist_ok=True)
-            mtime = None
+    def _current_targets(self, generation):
         with self._lock:
-            if (mtime is None or mtime != self._targets_mtime or
-                    self._listed_at - mtime < _RACY_NS):
-                self._listed_at = time.time_ns()
+            if generation != self._generation:
+                os.makedirs(self.directory, exist_ok=True)
                 self._targets = [
                     os.path.join(self.directory, name)
                     for name in os.listdir(self.directory)
                     if name.endswith(".sock")]
-                self._targets_mtime = mtime
+                self._generation = generation
             return self._targets
 
     def _send(self, address):
@@ -143,7 +145,7 @@ class Notifier:
         except FileNotFoundError:
             pass
         with self._lock:
-            self._targets_mtime = None
+            self._generation = None
 
     def close(self):
         """Unbind this process's socket and close both sockets."""

@@ -200,14 +200,14 @@ def commit_ops(shared, notifier, prepare):
         applier.apply(ops)
         record = applier.finish()
         if record is None:
-            return revision - 1, None
+            return revision - 1, None, None
         txn.put(rev_key(revision), record, db=shared.log)
         txn.put(META_REVISION, pack_u64(revision), db=shared.meta)
-        return revision, record
+        return revision, record, shared.listener_generation(txn)
 
-    revision, record = shared.write(apply)
+    revision, record, listeners = shared.write(apply)
     if record is not None:
-        notifier.broadcast()
+        notifier.broadcast(listeners)
     return revision, record
 
 
@@ -421,8 +421,9 @@ class Store:
                     f"cannot compact to revision {revision}: it must be "
                     f"between 0 and the current revision {current}")
             floor = self._shared.compacted(txn)
+            listeners = self._shared.listener_generation(txn)
             if revision <= floor:
-                return floor
+                return floor, listeners
             with txn.cursor(db=self._shared.log) as cursor:
                 cursor.first()
                 while True:
@@ -431,14 +432,22 @@ class Store:
                         break
                     cursor.delete()
             txn.put(META_COMPACTED, pack_u64(revision), db=self._shared.meta)
-            return revision
+            return revision, listeners
 
         self._check_open()
-        floor = self._shared.write(apply)
-        self._services.notifier.broadcast()
+        floor, listeners = self._shared.write(apply)
+        self._services.notifier.broadcast(listeners)
         return floor
 
-    def _commit(self, ops):
+    def _commit(self, ops, leased):
+        """Commit (code, key, value, lease) operations as one revision.
+
+        A lease is 0 (none), "owner" (client lifetime) or a TTL in
+        seconds; ``leased`` says whether any operation has one.
+        """
+        if not leased:
+            return commit_ops(self._shared, self._services.notifier,
+                              lambda txn, revision: ops)
         owner_needed = any(op[3] == "owner" for op in ops)
         granted = {}
 
@@ -452,9 +461,9 @@ class Store:
             for code, key, value, lease in ops:
                 if lease == "owner":
                     lease = owner
-                elif lease is not None:
+                elif lease:
                     lease = _leases.grant_ttl(self._shared, txn, lease, now)
-                resolved.append((code, key, value, lease or 0))
+                resolved.append((code, key, value, lease))
             return resolved
 
         revision, record = commit_ops(self._shared, self._services.notifier,
@@ -468,9 +477,8 @@ class Store:
             self._finalizer = weakref.finalize(
                 self, _release, self._shared, self._services,
                 self._owner_lease)
-        if any(op[3] is not None for op in ops):
-            # This process now expires and reaps leases while it runs.
-            self._services.ensure_dispatcher()
+        # This process now expires and reaps leases while it runs.
+        self._services.ensure_dispatcher()
         return revision, record
 
     # Watching --------------------------------------------------------------
@@ -582,6 +590,8 @@ class Txn:
     def __init__(self, store):
         self._store = store
         self._ops = []
+        self._leased = False
+        self._deletes = False
         self._failed = None
         self._finished = False
         self.revision = None
@@ -589,6 +599,19 @@ class Txn:
 
     def put(self, key, value, *opts):
         """Add a put of ``value`` under ``key`` (see Store.put)."""
+        # Fast path for the common case of a transaction of many plain
+        # puts; anything unusual goes through the full checks below.
+        if not opts and type(value) is bytes and \
+                len(value) <= self._store.max_value_size:
+            if type(key) is str:
+                data = key.encode("utf-8", "surrogateescape")
+            elif type(key) is bytes:
+                data = key
+            else:
+                data = b""
+            if 0 < len(data) <= MAX_KEY_SIZE:
+                self._ops.append((_commit.PUT, data, value, 0))
+                return self
         try:
             data = encode_key(key)
             ttl, lifetime = split_put_options(opts)
@@ -602,6 +625,10 @@ class Txn:
             self._failed = exc
             raise
         lease = "owner" if lifetime else ttl
+        if lease is None:
+            lease = 0
+        else:
+            self._leased = True
         self._ops.append((_commit.PUT, data, value, lease))
         return self
 
@@ -615,7 +642,8 @@ class Txn:
         except Exception as exc:
             self._failed = exc
             raise
-        self._ops.append((code, data, None, None))
+        self._deletes = True
+        self._ops.append((code, data, None, 0))
         return self
 
     def commit(self):
@@ -634,9 +662,9 @@ class Txn:
                 f"transaction not committed because an operation was "
                 f"rejected: {self._failed}") from self._failed
         self._store._check_open()
-        self.revision, record = self._store._commit(self._ops)
-        if record is not None and any(op[0] != _commit.PUT
-                                      for op in self._ops):
+        self.revision, record = self._store._commit(self._ops,
+                                                    self._leased)
+        if record is not None and self._deletes:
             self.changes = [c for c in decode_log_record(record,
                                                          self.revision)
                             if c.value is None]

@@ -116,7 +116,7 @@ class Dispatcher:
         self._progress_at = None
         with shared.read() as txn:
             self.position = shared.revision(txn)
-        notifier.listen()
+        notifier.listen(shared.announce_listener)
         self._thread = threading.Thread(
             target=self._run, name="datasync-dispatcher", daemon=True)
         self._thread.start()
