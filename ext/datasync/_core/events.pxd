@@ -27,7 +27,11 @@ cdef Header read_header(bytes stored) except *
 cdef bytes build_stored(Header header, bytes value)
 
 
+from cpython.object cimport PyObject
+
+
 cdef class RecordWriter:
+    cdef PyObject *_out
     cdef char *_buf
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap

@@ -16,7 +16,9 @@ copied out only when a consumer asks for it.
 
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+cimport cython
 from libc.string cimport memcmp, memcpy
 
 import lmdb
@@ -72,9 +74,14 @@ def header_of(bytes stored):
 
 
 cdef class RecordWriter:
-    """Growable buffer that encodes the changes of one revision."""
+    """Growable buffer that encodes the changes of one revision.
+
+    The buffer is the bytes object that finish() returns, grown in place,
+    so a record of many megabytes is never copied once more at the end.
+    """
 
     def __cinit__(self):
+        self._out = NULL
         self._buf = NULL
         self._len = 4
         self._cap = 0
@@ -82,22 +89,26 @@ cdef class RecordWriter:
         self._reserve(256)
 
     def __dealloc__(self):
-        PyMem_Free(self._buf)
+        Py_XDECREF(self._out)
 
     cdef int _reserve(self, Py_ssize_t extra) except -1:
         cdef Py_ssize_t need = self._len + extra
         cdef Py_ssize_t cap = self._cap
-        cdef char *grown
+        cdef object fresh
         if need <= cap:
             return 0
         if cap == 0:
             cap = 256
         while cap < need:
             cap *= 2
-        grown = <char *>PyMem_Realloc(self._buf, cap)
-        if grown == NULL:
-            raise MemoryError()
-        self._buf = grown
+        if self._out == NULL:
+            fresh = PyBytes_FromStringAndSize(NULL, cap)
+            Py_INCREF(fresh)
+            self._out = <PyObject *>fresh
+        else:
+            # The writer holds the only reference, which resizing needs.
+            _PyBytes_Resize(&self._out, cap)
+        self._buf = PyBytes_AS_STRING(<object>self._out)
         self._cap = cap
         return 0
 
@@ -137,14 +148,26 @@ cdef class RecordWriter:
         return 0
 
     cdef bytes finish(self):
+        cdef object out
         memcpy(self._buf, &self._count, 4)
-        return PyBytes_FromStringAndSize(self._buf, self._len)
+        _PyBytes_Resize(&self._out, self._len)
+        out = <object>self._out
+        Py_XDECREF(self._out)
+        self._out = NULL
+        self._buf = NULL
+        self._cap = 0
+        return out
 
     @property
     def count(self):
         return self._count
 
 
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t size) except -1
+
+
+@cython.freelist(1024)
 cdef class KeyVal:
     """A key with its value bytes, revision, create revision and version.
 
@@ -201,6 +224,7 @@ cdef class KeyVal:
                 f"revision={self.revision})")
 
 
+@cython.freelist(1024)
 cdef class Change(KeyVal):
     """One put or delete, with its previous value when the key existed."""
 
