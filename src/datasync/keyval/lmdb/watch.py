@@ -135,6 +135,11 @@ class Dispatcher:
             self.subscriptions[sub.name] = sub
             for prefix in sub.prefixes:
                 self.index.add(prefix, sub)
+            if sub.state == RESYNC_PENDING:
+                # Take the snapshot before watch() returns, so that a
+                # commit made after watch() reaches the subscriber as a
+                # change, not folded into its resync.
+                self._send_resync(sub)
         self.notifier.wake_self()
 
     def add_prefix(self, sub, prefix):
