@@ -1,6 +1,7 @@
 """Tests of datasync.syncbase: the Registry and its supporting pieces."""
 
 import logging
+import gc
 import os
 import queue
 import threading
@@ -552,6 +553,7 @@ def join_callback_threads():
 def test_hundred_watchers_leave_no_threads():
     join_callback_threads()
     threads_before = threading.active_count()
+    gc.collect()
     fds_before = len(os.listdir("/proc/self/fd"))
     registry = Registry(timeout=WAIT)
     recorders = [Recorder() for _ in range(100)]
@@ -567,6 +569,7 @@ def test_hundred_watchers_leave_no_threads():
     assert report == []
     assert all(rec.take().revision == 1 for rec in recorders)
     assert threading.active_count() == threads_before
+    gc.collect()
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 

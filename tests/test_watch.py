@@ -306,14 +306,14 @@ sys.stdin.read()
 
 
 def context_switches(pid):
-    """Voluntary context switches of every thread of process ``pid``."""
-    total = 0
+    """Voluntary context switches of each thread of process ``pid``."""
+    counts = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/status") as f:
             for line in f:
                 if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
-    return total
+                    counts[task] = int(line.split()[1])
+    return counts
 
 
 def test_stuck_consumer_wakes_dispatcher_rarely(tmp_path, spawn_python):
@@ -325,11 +325,14 @@ def test_stuck_consumer_wakes_dispatcher_rarely(tmp_path, spawn_python):
         child.lines.get(timeout=watch_module.STALL_AFTER + 0.1)
     # Each retry is one wake-up of the dispatcher thread, so retrying
     # every 5 ms would make about 200 in this second.
+    # Count per thread: the dispatcher's own wake-ups, not the GIL
+    # hand-offs of other threads, which grow with the machine's load.
     before = context_switches(child.pid)
     with pytest.raises(queue.Empty):
         child.lines.get(timeout=1.0)
-    switches = context_switches(child.pid) - before
-    assert switches < 60
+    after = context_switches(child.pid)
+    busiest = max(after[t] - before.get(t, 0) for t in after)
+    assert busiest < 60
 
 
 def test_compaction_past_lagging_gives_resync(open_store, drain):
