@@ -105,6 +105,8 @@ cdef class PrefixScan:
     cdef object _items
     cdef bytes _prefix
     cdef object _on_close
+    cdef object _on_progress
+    cdef Py_ssize_t _count
     cdef bint _closed
     cdef bint _cut_short
     cdef int _close(self) except -1

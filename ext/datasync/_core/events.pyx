@@ -29,6 +29,9 @@ from datasync.ops import Op
 
 NO_VALUE = 0xFFFFFFFF
 
+# Keys a PrefixScan reads between two calls of its on_progress hook.
+PROGRESS_EVERY = 65536
+
 # Size of the fixed part of one change in a log record.
 cdef enum:
     CHANGE_FIXED = 1 + 8 + 8 + 4 + 4 + 4
@@ -488,13 +491,17 @@ cdef class PrefixScan:
     """Iterator of KeyVal over the keys under a prefix in an LMDB cursor.
 
     ``on_close`` runs once when the scan ends or is closed, so the owner
-    can end the read transaction.
+    can end the read transaction. ``on_progress`` runs after every
+    PROGRESS_EVERY keys.
     """
 
-    def __init__(self, cursor, bytes prefix, on_close=None):
+    def __init__(self, cursor, bytes prefix, on_close=None,
+                 on_progress=None):
         self._cursor = cursor
         self._prefix = prefix
         self._on_close = on_close
+        self._on_progress = on_progress
+        self._count = 0
         if cursor.set_range(prefix):
             self._items = cursor.iternext(keys=True, values=True)
         else:
@@ -541,6 +548,10 @@ cdef class PrefixScan:
                        PyBytes_AS_STRING(self._prefix), plen) != 0):
             self._close()
             raise StopIteration
+        self._count += 1
+        if self._on_progress is not None and \
+                self._count % PROGRESS_EVERY == 0:
+            self._on_progress()
         return make_keyval(key, stored)
 
     def close(self):

@@ -7,6 +7,7 @@ and reference-counted.
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -41,6 +42,44 @@ GATHER_WAIT = 0.0002
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 MAX_READERS = 1024
+
+# madvise(2) from the C library, or None where it is not available.
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _madvise = _libc.madvise
+    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _madvise.restype = ctypes.c_int
+except (OSError, AttributeError):
+    _madvise = None
+# MADV_DONTNEED from <sys/mman.h> on Linux.
+_MADV_DONTNEED = 4 if os.uname().sysname == "Linux" else None
+if _MADV_DONTNEED is None:
+    _madvise = None
+
+
+
+def _mappings_of(path):
+    """Yield (start, end) of this process's mappings of file ``path``.
+
+    Read from /proc/self/maps, because LMDB reports its map address only
+    for fixed-address maps. Only shared, read-only mappings are returned,
+    so a private or writable mapping is never touched.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or fields[5].rstrip("\n") != path:
+                    continue
+                if not fields[1].startswith("r-"):
+                    continue
+                if fields[1][3] != "s":
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                yield start, end
+    except OSError:
+        return
+
 
 _registry = {}
 _registry_lock = threading.Lock()
@@ -306,6 +345,20 @@ class SharedEnv:
 
     def listener_generation(self, txn):
         return unpack_u64(txn.get(META_LISTENERS, db=self.meta))
+
+    def drop_resident_pages(self):
+        """Drop this process's mapping of the store's pages (Linux).
+
+        A scan of a large snapshot maps every page it reads, and mapped
+        file pages count in the process's resident set although the
+        kernel's page cache holds them. MADV_DONTNEED on LMDB's read-only
+        map only unmaps them; a later read maps them again from the page
+        cache, so readers in other threads see the same data.
+        """
+        if _madvise is None:
+            return
+        for start, end in _mappings_of(os.path.join(self.path, "data.mdb")):
+            _madvise(start, end - start, _MADV_DONTNEED)
 
     def revision(self, txn):
         return unpack_u64(txn.get(META_REVISION, db=self.meta))

@@ -374,6 +374,7 @@ class Snapshot:
 
     def __init__(self, shared, prefixes):
         txn = shared.begin_read()
+        self._shared = shared
         self._finalizer = weakref.finalize(self, shared.end_read, txn)
         self.revision = shared.revision(txn)
         # Counted up front: a scan with nothing under its prefix closes
@@ -384,7 +385,8 @@ class Snapshot:
         self.values = {}
         for prefix in prefixes:
             cursor = txn.cursor(db=shared.kv)
-            scan = PrefixScan(cursor, prefix, self._scan_closed)
+            scan = PrefixScan(cursor, prefix, self._scan_closed,
+                              shared.drop_resident_pages)
             self._scans.append(scan)
             name = prefix.decode("utf-8", "surrogateescape")
             self.values[name] = KVIterator(scan)
@@ -395,6 +397,7 @@ class Snapshot:
         self._open -= 1
         if self._open == 0:
             self._finalizer()
+            self._shared.drop_resident_pages()
 
     def close(self):
         """End the read transaction; unread values are no longer read."""
