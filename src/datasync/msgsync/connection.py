@@ -90,7 +90,7 @@ async def connect(address, name, timeout=DEFAULT_CONNECT_TIMEOUT,
             disconnected_cb=on_disconnect, reconnected_cb=on_reconnected),
             timeout)
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
-        await _abandon(client)
+        await close_client(client)
         cause = failures[-1] if failures else exc
         raise BrokerUnavailableError(
             f"cannot connect to NATS at {url} within {timeout:.1f} s: "
@@ -102,11 +102,15 @@ async def connect(address, name, timeout=DEFAULT_CONNECT_TIMEOUT,
     return client
 
 
-async def _abandon(client):
+async def close_client(client):
+    """Close a NATS client, also one whose connection broke or never
+    opened; closing then fails on the lost socket, which is logged."""
+    if client.is_closed:
+        return
     try:
         await client.close()
-    except Exception:  # noqa: BLE001 - the client never fully opened
-        log.debug("closing a failed NATS client raised", exc_info=True)
+    except (OSError, nats.errors.Error) as exc:
+        log.debug("closing the NATS client failed: %r", exc)
 
 
 async def ensure_stream(js, topic, duplicate_window):

@@ -23,7 +23,8 @@ from datasync.errors import InvalidOptionError, InvalidValueError, \
 from datasync.msgsync import reader, wire
 from datasync.msgsync.connection import (DEFAULT_CONNECT_TIMEOUT,
                                          DEFAULT_DUPLICATE_WINDOW, LoopThread,
-                                         connect, ensure_stream)
+                                         close_client, connect,
+                                         ensure_stream)
 from datasync.msgsync.errors import PublishError, PublishTimeoutError
 from datasync.ops import Op
 from datasync.options import has_prefix_option, split_put_options
@@ -112,7 +113,7 @@ class AsyncTopicPublisher:
                     f"({window} s), so a retried publish could be stored "
                     "twice; lower publish_timeout")
         except BaseException:
-            await client.close()
+            await close_client(client)
             raise
         self._client = client
         self._js = js
@@ -259,8 +260,8 @@ class AsyncTopicPublisher:
         """Flush what was sent and close the connection."""
         self._closed = True
         client, self._client = self._client, None
-        if client is not None and not client.is_closed:
-            await client.close()
+        if client is not None:
+            await close_client(client)
 
     async def __aenter__(self):
         return await self.connect()

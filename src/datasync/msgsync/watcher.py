@@ -13,7 +13,8 @@ from datasync.errors import RegistrationError, StoreClosedError
 from datasync.msgsync import wire
 from datasync.msgsync.connection import (DEFAULT_CONNECT_TIMEOUT,
                                          DEFAULT_DUPLICATE_WINDOW, LoopThread,
-                                         connect, ensure_stream)
+                                         close_client, connect,
+                                         ensure_stream)
 from datasync.msgsync.subscription import (DEFAULT_MAX_ACK_PENDING,
                                            Subscription)
 
@@ -64,7 +65,7 @@ class AsyncTopicWatcher:
             js = client.jetstream()
             await ensure_stream(js, self.topic, self.duplicate_window)
         except BaseException:
-            await client.close()
+            await close_client(client)
             raise
         self._client = client
         self._js = js
@@ -149,8 +150,8 @@ class AsyncTopicWatcher:
         for watch in list(self._watches.values()):
             await self._remove(watch)
         client, self._client = self._client, None
-        if client is not None and not client.is_closed:
-            await client.close()
+        if client is not None:
+            await close_client(client)
 
     async def __aenter__(self):
         return await self.connect()
