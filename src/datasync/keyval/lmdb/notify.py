@@ -56,6 +56,7 @@ class Notifier:
         self._address = None
         self._targets = []
         self._generation = None
+        self._self_pending = False
         self._lock = threading.Lock()
 
     def listen(self, announce):
@@ -90,6 +91,10 @@ class Notifier:
         if not ready:
             return False
         self._drain()
+        # Cleared after the drain and before the caller reads the log:
+        # a commit that skipped its wake-up because this flag was set
+        # committed before this point, so that read sees it.
+        self._self_pending = False
         return True
 
     def _drain(self):
@@ -113,6 +118,12 @@ class Notifier:
         transaction; the socket list is read again when it changed.
         """
         for address in self._current_targets(generation):
+            if address == self._address:
+                # A wake-up of this process's own dispatcher is already
+                # on its way; another would only cost a context switch.
+                if self._self_pending:
+                    continue
+                self._self_pending = True
             self._send(address)
 
     def _current_targets(self, generation):

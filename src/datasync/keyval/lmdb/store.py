@@ -137,6 +137,10 @@ class _Services:
         self.notifier = Notifier(shared.path)
         self.dispatcher = None
         self.next_reap = 0.0
+        self._stale = True
+        self._changed = False
+        self._next_check = 0.0
+        self._deadline = None
 
     def ensure_dispatcher(self):
         with self.shared.lock:
@@ -145,12 +149,42 @@ class _Services:
                                              self.housekeeping)
             return self.dispatcher
 
-    def housekeeping(self):
+    def invalidate(self):
+        """Make the next housekeeping() look at the lease tables again."""
+        self._stale = True
+
+    def housekeeping(self, changed=True):
         """Expire due TTL keys and reap dead owners' keys.
+
+        The lease tables are read when a deadline is due, after
+        invalidate(), or when ``changed`` (new revisions were seen) and
+        REAP_INTERVAL has passed since the last read; otherwise the last
+        deadline is returned at no cost. So a TTL key written by another
+        process that has since ended expires at most REAP_INTERVAL late.
 
         Returns the wall-clock time of the next thing to do, or None.
         """
         now = time.time()
+        if changed:
+            self._changed = True
+        if not self._stale:
+            due = self._deadline is not None and now >= self._deadline
+            if not due and not (self._changed and now >= self._next_check):
+                return self._wake_at()
+        self._stale = False
+        self._changed = False
+        self._next_check = now + REAP_INTERVAL
+        self._deadline = self._look_after_leases(now)
+        return self._wake_at()
+
+    def _wake_at(self):
+        # A deferred look at changed lease tables is due at _next_check.
+        times = [t for t in (self._deadline,
+                             self._next_check if self._changed else None)
+                 if t is not None]
+        return min(times) if times else None
+
+    def _look_after_leases(self, now):
         with self.shared.read() as txn:
             expiry = _leases.next_expiry(self.shared, txn)
             owners = _leases.owner_leases(self.shared, txn)
@@ -249,6 +283,7 @@ class Store:
         self._registrations = weakref.WeakSet()
         self._finalizer = weakref.finalize(
             self, _release, self._shared, self._services, None)
+        self._services.invalidate()
         self._services.housekeeping()
         with self._shared.read() as txn:
             if (_leases.next_expiry(self._shared, txn) is not None or
@@ -478,7 +513,8 @@ class Store:
                 self, _release, self._shared, self._services,
                 self._owner_lease)
         # This process now expires and reaps leases while it runs.
-        self._services.ensure_dispatcher()
+        self._services.invalidate()
+        self._services.ensure_dispatcher().notifier.wake_self()
         return revision, record
 
     # Watching --------------------------------------------------------------

@@ -224,14 +224,15 @@ class Dispatcher:
             with self.shared.read() as txn:
                 current = self.shared.revision(txn)
                 floor = self.shared.compacted(txn)
-                if current > self.position:
+                changed = current > self.position
+                if changed:
                     self._deliver_live(txn, current, floor)
                 self._serve_others(txn, floor)
             timeout = self._timeout()
             retry = self._retry_delay(offers_before, time.monotonic())
             if retry is not None:
                 timeout = retry if timeout is None else min(timeout, retry)
-        deadline = self.housekeeping()
+        deadline = self.housekeeping(changed)
         if deadline is not None:
             wait = max(0.0, deadline - time.time())
             timeout = wait if timeout is None else min(timeout, wait)
