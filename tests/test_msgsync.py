@@ -164,7 +164,7 @@ def open_client():
 
 
 def text(value):
-    """A protobuf message that holds ``value``."""
+    """A protobuf StringValue message of ``value``."""
     return wrappers_pb2.StringValue(value=value)
 
 
