@@ -231,6 +231,8 @@ class Subscription:
         return info.ack_floor.stream_seq
 
     async def _resume(self, floor):
+        # NOTE: this reads the stream from its first message, so resuming
+        # costs time in proportion to the topic's history up to ``floor``.
         table = {}
         async for msg in reader.scan(self.js, self.topic, False, floor):
             parsed = self._parse(msg)
