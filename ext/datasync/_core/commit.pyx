@@ -72,6 +72,24 @@ cdef class Applier:
             else:
                 raise ValueError(f"unknown operation code {code}")
 
+    def apply_columns(self, list codes, list keys, list values,
+                      list leases):
+        """Apply operations given as four parallel lists, in order."""
+        cdef Py_ssize_t i, n = len(codes)
+        cdef int code
+        if not (len(keys) == len(values) == len(leases) == n):
+            raise ValueError("operation columns differ in length")
+        for i in range(n):
+            code = codes[i]
+            if code == CODE_PUT:
+                self._put(keys[i], values[i], leases[i])
+            elif code == CODE_DELETE:
+                self._delete(keys[i])
+            elif code == CODE_DELETE_PREFIX:
+                self._delete_prefix(keys[i])
+            else:
+                raise ValueError(f"unknown operation code {code}")
+
     def finish(self):
         """Return the encoded log record, or None if nothing changed."""
         if self._record._count == 0:

@@ -116,6 +116,10 @@ class SharedEnv:
         self._writes_added = threading.Condition(self._writes_lock)
         self._leader_busy = False
         self._last_batch = 1
+        # Records of recent commits, by revision, for this process's
+        # dispatcher (None while there is none), so it need not copy
+        # them out of the log again.
+        self.handoff = None
         self.env = _open_env(path, map_size, durable, create)
         try:
             self._open_tables()

@@ -46,6 +46,10 @@ MAX_KEY_SIZE = 511
 #: 32-bit fields, which caps any value below 4 GiB.
 DEFAULT_MAX_VALUE_SIZE = 64 << 20
 
+#: Records of recent commits kept for this process's dispatcher at most;
+#: beyond it the dispatcher reads them from the log.
+HANDOFF_LIMIT = 64
+
 #: Seconds between checks for client-lifetime keys of writer processes
 #: that died. A store that opens also checks once, at once.
 REAP_INTERVAL = 1.0
@@ -145,6 +149,7 @@ class _Services:
     def ensure_dispatcher(self):
         with self.shared.lock:
             if self.dispatcher is None:
+                self.shared.handoff = {}
                 self.dispatcher = Dispatcher(self.shared, self.notifier,
                                              self.housekeeping)
             return self.dispatcher
@@ -217,11 +222,15 @@ class _Services:
         if self.dispatcher is not None:
             self.dispatcher.stop()
             self.dispatcher = None
+            self.shared.handoff = None
         self.notifier.close()
 
 
 def commit_ops(shared, notifier, prepare):
     """Commit the operations that ``prepare(txn, revision)`` returns.
+
+    ``prepare`` returns a list of (code, key, value, lease) tuples, or the
+    same as four parallel lists (codes, keys, values, leases).
 
     Returns (revision, log record). When nothing changed, nothing is
     written and the current revision is returned with record None.
@@ -231,7 +240,10 @@ def commit_ops(shared, notifier, prepare):
         ops = prepare(txn, revision)
         applier = _commit.Applier(txn, shared.kv, shared.lease_keys,
                                   revision)
-        applier.apply(ops)
+        if type(ops) is tuple:
+            applier.apply_columns(*ops)
+        else:
+            applier.apply(ops)
         record = applier.finish()
         if record is None:
             return revision - 1, None, None
@@ -241,6 +253,9 @@ def commit_ops(shared, notifier, prepare):
 
     revision, record, listeners = shared.write(apply)
     if record is not None:
+        handoff = shared.handoff
+        if handoff is not None and len(handoff) < HANDOFF_LIMIT:
+            handoff[revision] = record
         notifier.broadcast(listeners)
     return revision, record
 
@@ -483,7 +498,8 @@ class Store:
         if not leased:
             return commit_ops(self._shared, self._services.notifier,
                               lambda txn, revision: ops)
-        owner_needed = any(op[3] == "owner" for op in ops)
+        codes, keys, values, leases = ops
+        owner_needed = "owner" in leases
         granted = {}
 
         def prepare(txn, revision):
@@ -493,13 +509,13 @@ class Store:
                 granted["owner"] = owner
             now = time.time()
             resolved = []
-            for code, key, value, lease in ops:
+            for lease in leases:
                 if lease == "owner":
                     lease = owner
                 elif lease:
                     lease = _leases.grant_ttl(self._shared, txn, lease, now)
-                resolved.append((code, key, value, lease))
-            return resolved
+                resolved.append(lease)
+            return codes, keys, values, resolved
 
         revision, record = commit_ops(self._shared, self._services.notifier,
                                       prepare)
@@ -625,7 +641,10 @@ class Txn:
 
     def __init__(self, store):
         self._store = store
-        self._ops = []
+        # Operations as four parallel lists rather than a tuple each, so
+        # that a transaction of 100,000 puts creates no container objects
+        # for the cyclic garbage collector to scan.
+        self._ops = ([], [], [], [])
         self._leased = False
         self._deletes = False
         self._failed = None
@@ -646,7 +665,7 @@ class Txn:
             else:
                 data = b""
             if 0 < len(data) <= MAX_KEY_SIZE:
-                self._ops.append((_commit.PUT, data, value, 0))
+                self._add(_commit.PUT, data, value, 0)
                 return self
         try:
             data = encode_key(key)
@@ -665,7 +684,7 @@ class Txn:
             lease = 0
         else:
             self._leased = True
-        self._ops.append((_commit.PUT, data, value, lease))
+        self._add(_commit.PUT, data, value, lease)
         return self
 
     def delete(self, key, *opts):
@@ -679,8 +698,15 @@ class Txn:
             self._failed = exc
             raise
         self._deletes = True
-        self._ops.append((code, data, None, 0))
+        self._add(code, data, None, 0)
         return self
+
+    def _add(self, code, key, value, lease):
+        codes, keys, values, leases = self._ops
+        codes.append(code)
+        keys.append(key)
+        values.append(value)
+        leases.append(lease)
 
     def commit(self):
         """Commit every operation as one revision; return the revision.
@@ -709,7 +735,7 @@ class Txn:
     def discard(self):
         """Drop every operation without writing anything."""
         self._finished = True
-        self._ops = []
+        self._ops = ([], [], [], [])
 
     def __enter__(self):
         return self

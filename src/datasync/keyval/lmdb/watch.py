@@ -249,7 +249,7 @@ class Dispatcher:
             self.position = current
             return
         for revision, record in _log_entries(self.shared, txn, start,
-                                             current):
+                                             current, live=True):
             changes = decode_log_record(record, revision)
             for sub, matched in self.index.route(changes):
                 if sub.state != LIVE or revision <= sub.cursor:
@@ -354,16 +354,36 @@ class Dispatcher:
         return timeout
 
 
-def _log_entries(shared, txn, start, end):
-    """Yield (revision, record) for start <= revision <= end."""
-    with txn.cursor(db=shared.log) as cursor:
-        if not cursor.set_range(rev_key(start)):
-            return
-        for key, record in cursor.iternext():
-            revision = int.from_bytes(key, "big")
-            if revision > end:
-                return
+def _log_entries(shared, txn, start, end, live=False):
+    """Yield (revision, record) for start <= revision <= end.
+
+    With ``live``, records that writers of this process handed over
+    (SharedEnv.handoff) are taken from there instead of being copied out
+    of the log again, and the hand-over is emptied up to ``end``.
+    """
+    handoff = shared.handoff if live else {}
+    cursor = None
+    revision = start
+    try:
+        while revision <= end:
+            record = handoff.pop(revision, None)
+            if record is None:
+                if cursor is None:
+                    cursor = txn.cursor(db=shared.log)
+                if not cursor.set_range(rev_key(revision)):
+                    return
+                key, record = cursor.item()
+                revision = int.from_bytes(key, "big")
+                if revision > end:
+                    return
             yield revision, record
+            revision += 1
+    finally:
+        if cursor is not None:
+            cursor.close()
+        if live:
+            for stale in [r for r in handoff if r <= end]:
+                handoff.pop(stale, None)
 
 
 class Snapshot:
