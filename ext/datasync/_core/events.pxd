@@ -82,8 +82,12 @@ cdef class ChangeEvent:
     cdef object _on_done
 
 
+cdef class PrefixScan
+
+
 cdef class KVIterator:
     cdef object _source
+    cdef PrefixScan _scan
     cdef bint _exhausted
     cdef object _on_exhausted
 
@@ -109,4 +113,5 @@ cdef class PrefixScan:
     cdef Py_ssize_t _count
     cdef bint _closed
     cdef bint _cut_short
+    cdef object _next(self)
     cdef int _close(self) except -1

@@ -17,6 +17,7 @@ copied out only when a consumer asks for it.
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
 from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 cimport cython
 from libc.string cimport memcmp, memcpy
@@ -195,7 +196,9 @@ cdef class KeyVal:
     def key(self):
         """The key as text (UTF-8; undecodable bytes are escaped)."""
         if self._key_text is None:
-            self._key_text = self._key.decode("utf-8", "surrogateescape")
+            self._key_text = PyUnicode_DecodeUTF8(
+                PyBytes_AS_STRING(self._key), PyBytes_GET_SIZE(self._key),
+                "surrogateescape")
         return self._key_text
 
     @property
@@ -432,6 +435,8 @@ cdef class KVIterator:
     def __init__(self, source, on_exhausted=None):
         self._source = iter(source)
         self._on_exhausted = on_exhausted
+        if type(self._source) is PrefixScan:
+            self._scan = <PrefixScan>self._source
 
     def get_next(self):
         """Return ``(kv, all_received)``; kv is None once all are read."""
@@ -453,8 +458,17 @@ cdef class KVIterator:
         return self
 
     def __next__(self):
+        cdef object kv
         if self._exhausted:
             raise StopIteration
+        if self._scan is not None:
+            # Read the store's scan directly, without a Python-level
+            # call per key.
+            kv = self._scan._next()
+            if kv is None:
+                self._finish()
+                raise StopIteration
+            return kv
         try:
             return next(self._source)
         except StopIteration:
@@ -516,6 +530,13 @@ cdef class PrefixScan:
         return self
 
     def __next__(self):
+        kv = self._next()
+        if kv is None:
+            raise StopIteration
+        return kv
+
+    cdef object _next(self):
+        """Return the next KeyVal, or None after the last one."""
         cdef bytes key, stored
         cdef Py_ssize_t plen = PyBytes_GET_SIZE(self._prefix)
         if self._closed:
@@ -526,12 +547,12 @@ cdef class PrefixScan:
                     f"the resync values under prefix {self._prefix!r} "
                     "were released (done() was called) before all were "
                     "read; read every value first, then call done()")
-            raise StopIteration
+            return None
         try:
             key, stored = next(self._items)
         except StopIteration:
             self._close()
-            raise
+            return None
         except lmdb.Error as exc:
             self._close()
             # Imported on use, because loading the lmdb backend package
@@ -552,7 +573,7 @@ cdef class PrefixScan:
                 memcmp(PyBytes_AS_STRING(key),
                        PyBytes_AS_STRING(self._prefix), plen) != 0):
             self._close()
-            raise StopIteration
+            return None
         self._count += 1
         if self._on_progress is not None and \
                 self._count % PROGRESS_EVERY == 0:
