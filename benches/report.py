@@ -134,7 +134,7 @@ def _plot(benches, directory):
     directory.mkdir(parents=True, exist_ok=True)
     sizes = [10, 100, 1_000, 10_000]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, pattern in (("trie index (datasync)",
+    for label, pattern in (("radix tree index (datasync)",
                             "test_prefix_index_routing[{}]"),
                            ("linear scan (original's algorithm)",
                             "test_linear_scan_routing[{}]")):
