@@ -729,3 +729,16 @@ def test_aggregate_done_wraps_non_exceptions():
 
     assert isinstance(calls[0].exceptions[0], DatasyncError)
     assert "disk full" in str(calls[0].exceptions[0])
+
+
+def test_list_values_under_prefix():
+    registry = Registry(timeout=WAIT)
+    registry.propagate_changes([put("/a/1", b"1"), put("/a/2", b"2"),
+                                put("/b/1", b"3")])
+
+    revision, values = registry.list_values("/a/")
+    registry.close()
+
+    assert revision == 1
+    assert [(kv.key, kv.value) for kv in values] == [("/a/1", b"1"),
+                                                      ("/a/2", b"2")]

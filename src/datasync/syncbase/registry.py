@@ -208,6 +208,22 @@ class Registry:
         with self._lock:
             return self._prev.get(encode_key(key))
 
+    def list_values(self, prefix=""):
+        """Return (revision, KeyVals) of the keys under ``prefix``.
+
+        The KeyVals are the last propagated value of each key, in key
+        order, read under one lock with the revision they are at.
+        """
+        start = encode_prefix(prefix)
+        with self._lock:
+            keys = self._prev.keys()
+            values = []
+            for key in keys[bisect.bisect_left(keys, start):]:
+                if not key.startswith(start):
+                    break
+                values.append(self._prev.get(key))
+            return self._revision, values
+
     # Subscriptions --------------------------------------------------------
 
     def watch(self, resync_name, change_chan, resync_chan, *key_prefixes,

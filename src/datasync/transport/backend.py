@@ -18,7 +18,6 @@ StoreBackend
     the store, not to the client.
 """
 
-import bisect
 import concurrent.futures
 import dataclasses
 import logging
@@ -142,23 +141,6 @@ class Backend:
         self._executor.shutdown(wait=True)
 
 
-class _ListingRegistry(Registry):
-    """A Registry that can also list the values it recorded."""
-
-    def list_values(self, prefix):
-        # NOTE: Registry has no public listing, so this reads the values
-        # it records for previous values, under its lock.
-        with self._lock:
-            keys = self._prev.keys()
-            start = bisect.bisect_left(keys, prefix)
-            values = []
-            for key in keys[start:]:
-                if not key.startswith(prefix):
-                    break
-                values.append(self._prev.get(key))
-            return self._revision, values
-
-
 class MemoryBackend(Backend):
     """Delivers changes to watchers through a Registry, without a store.
 
@@ -172,7 +154,7 @@ class MemoryBackend(Backend):
         options = {"timeout": timeout}
         if max_pending is not None:
             options["max_pending"] = max_pending
-        self.registry = _ListingRegistry(**options)
+        self.registry = Registry(**options)
 
     def apply(self, operation):
         if isinstance(operation, Put):
