@@ -222,15 +222,21 @@ class SharedEnv:
         request = _WriteRequest(apply)
         with self._writes_lock:
             self._writes.append(request)
-            self._writes_added.notify()
+            if len(self._writes) >= self._last_batch:
+                # Only the writer that completes the batch wakes a leader
+                # waiting for it, not every writer on the way there.
+                self._writes_added.notify()
             lead = not self._leader_busy
             self._leader_busy = True
             if not lead:
-                # Only a writer that waits needs an event; the leader of an
-                # uncontended commit never creates one.
-                request.finished = threading.Event()
+                # Only a writer that waits needs a lock to wait on; the
+                # leader of an uncontended commit never creates one. A
+                # held lock released by the leader is the cheapest
+                # one-shot signal between two threads.
+                request.finished = threading.Lock()
+                request.finished.acquire()
         if not lead:
-            request.finished.wait()
+            request.finished.acquire()
             if not request.lead:
                 return request.outcome()
         self._lead()
@@ -260,13 +266,13 @@ class SharedEnv:
                 successor = self._writes[0] if self._writes else None
                 self._leader_busy = successor is not None
             for request in batch:
-                if request.finished is not None:
-                    request.finished.set()
+                if request.finished is not None and not request.lead:
+                    request.finished.release()
             if successor is not None:
                 # The first writer that queued during this batch leads
                 # the next one, so no thread commits for others forever.
                 successor.lead = True
-                successor.finished.set()
+                successor.finished.release()
 
     def _commit_batch(self, batch):
         while True:
