@@ -22,6 +22,7 @@ from datasync.keyval.etcd.serializer import event_classes, get_serializer
 from datasync.keyval.etcd.txn import PUT, Plan
 from datasync.keyval.etcd.watch import Subscription, WatchHub
 from datasync.keyval.lmdb.store import DeleteResult, Listing
+from datasync.keyval.registration import Registration as _Registration
 from datasync.ops import Op
 from datasync.options import has_prefix_option, split_put_options
 
@@ -612,56 +613,12 @@ class Txn:
             self.discard()
 
 
-class Registration:
-    """Handle of one subscription on an etcd store (a WatchRegistration)."""
+class Registration(_Registration):
+    """Handle of one subscription on an etcd store (a WatchRegistration).
 
-    def __init__(self, hub, sub):
-        self._hub = hub
-        self._sub = sub
+    Its changes after register() arrive from the next revision the
+    subscription has not seen.
+    """
 
-    @property
-    def resync_name(self):
-        """Name of the subscription."""
-        return self._sub.name
-
-    @property
-    def prefixes(self):
-        """Prefixes watched, as str."""
-        return [p.decode("utf-8", "surrogateescape")
-                for p in self._sub.prefixes]
-
-    def register(self, resync_name, key_prefix):
-        """Add ``key_prefix``; its changes arrive from the next revision
-        the subscription has not seen.
-
-        Call resync() as well to get its current keys. Raises
-        RegistrationError for another name or a prefix already watched.
-        """
-        if resync_name != self._sub.name:
-            raise RegistrationError(
-                f"registration is for {self._sub.name!r}, not "
-                f"{resync_name!r}")
-        self._hub.add_prefix(self._sub, encode_prefix(key_prefix))
-
-    def unregister(self, key_prefix):
-        """Stop watching ``key_prefix``.
-
-        Raises RegistrationError if it is not watched.
-        """
-        self._hub.remove_prefix(self._sub, encode_prefix(key_prefix))
-
-    def resync(self):
-        """Send a new resync of every watched prefix, then the changes
-        after it."""
-        self._hub.request_resync(self._sub)
-
-    def close(self):
-        """End the subscription; calling it again does nothing."""
-        if self._hub.remove(self._sub):
-            _close_sinks(self._sub)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
+    def _closed(self):
+        _close_sinks(self._sub)

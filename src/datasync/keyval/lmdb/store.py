@@ -15,32 +15,28 @@ import threading
 import time
 import weakref
 
-from google.protobuf.message import EncodeError
-
 from datasync._core import commit as _commit
 from datasync._core.events import (decode_log_record, keyval_from_stored)
 from datasync._core.prefix import PrefixIndex, Subscriber
 from datasync.channels import (DEFAULT_MAX_PENDING, DEFAULT_NOTIF_TIMEOUT,
                                make_sink)
-from datasync.errors import (CompactedError, InvalidKeyError,
-                             InvalidOptionError, InvalidValueError,
+from datasync.errors import (CompactedError, InvalidOptionError,
                              RegistrationError, StoreClosedError)
 from datasync.keyval.lmdb import env as _env
 from datasync.keyval.lmdb import leases as _leases
 from datasync.keyval.lmdb.env import (META_COMPACTED, META_REVISION,
                                       pack_u64, rev_key)
+from datasync.keyval.keys import (MAX_KEY_SIZE, encode_key, encode_prefix,
+                                  encode_value)
 from datasync.keyval.lmdb.notify import Notifier
 from datasync.keyval.lmdb.watch import Dispatcher, Subscription
+from datasync.keyval.registration import Registration as _Registration
 from datasync.options import has_prefix_option, split_put_options
 
 log = logging.getLogger("datasync.store")
 
 # Stand-in subscriber for filtering changes by prefix with a PrefixIndex.
 _SELECT = Subscriber()
-
-#: LMDB's MDB_MAXKEYSIZE in its default build (liblmdb's lmdb.h), which
-#: is the build the lmdb package ships.
-MAX_KEY_SIZE = 511
 
 #: Default largest value accepted by put; log records count lengths in
 #: 32-bit fields, which caps any value below 4 GiB.
@@ -53,59 +49,6 @@ HANDOFF_LIMIT = 64
 #: Seconds between checks for client-lifetime keys of writer processes
 #: that died. A store that opens also checks once, at once.
 REAP_INTERVAL = 1.0
-
-
-def encode_key(key, what="key"):
-    """Return ``key`` as bytes, or raise InvalidKeyError naming it."""
-    if isinstance(key, str):
-        data = key.encode("utf-8", "surrogateescape")
-    elif isinstance(key, bytes):
-        data = key
-    else:
-        raise InvalidKeyError(
-            f"{what} must be str or bytes, got {type(key).__name__} "
-            f"{key!r}")
-    if not data:
-        raise InvalidKeyError(f"{what} must not be empty")
-    if len(data) > MAX_KEY_SIZE:
-        raise InvalidKeyError(
-            f"{what} {key[:40]!r}... is {len(data)} bytes, above LMDB's "
-            f"limit of {MAX_KEY_SIZE} bytes; use a shorter key")
-    return data
-
-
-def encode_prefix(prefix):
-    """Return a watch prefix as bytes; the empty prefix matches all."""
-    if prefix in ("", b""):
-        return b""
-    return encode_key(prefix, "prefix")
-
-
-def encode_value(value, key, max_size):
-    """Return the bytes to store for ``value`` (bytes or a message)."""
-    if isinstance(value, bytes):
-        data = value
-    elif isinstance(value, (bytearray, memoryview)):
-        data = bytes(value)
-    elif hasattr(value, "SerializeToString") and hasattr(value,
-                                                          "DESCRIPTOR"):
-        try:
-            data = value.SerializeToString()
-        except EncodeError as exc:
-            raise InvalidValueError(
-                f"value of key {key!r} is a {value.DESCRIPTOR.full_name} "
-                f"that cannot be serialized: {exc}; set its required "
-                "fields") from exc
-    else:
-        raise InvalidValueError(
-            f"value of key {key!r} must be bytes or a protobuf message, "
-            f"got {type(value).__name__}; encode text with .encode()")
-    if len(data) > max_size:
-        raise InvalidValueError(
-            f"value of key {key!r} is {len(data)} bytes, above the "
-            f"limit of {max_size} bytes; split it, or open the store "
-            "with a larger max_value_size")
-    return data
 
 
 class Listing(list):
@@ -747,54 +690,5 @@ class Txn:
             self.discard()
 
 
-class Registration:
+class Registration(_Registration):
     """Handle of one subscription on a store (a WatchRegistration)."""
-
-    def __init__(self, dispatcher, sub):
-        self._dispatcher = dispatcher
-        self._sub = sub
-
-    @property
-    def resync_name(self):
-        """Name of the subscription."""
-        return self._sub.name
-
-    @property
-    def prefixes(self):
-        """Prefixes watched, as str."""
-        return [p.decode("utf-8", "surrogateescape")
-                for p in self._sub.prefixes]
-
-    def register(self, resync_name, key_prefix):
-        """Add ``key_prefix``; its changes arrive from the next revision.
-
-        Call resync() as well to get its current keys. Raises
-        RegistrationError for another name or a prefix already watched.
-        """
-        if resync_name != self._sub.name:
-            raise RegistrationError(
-                f"registration is for {self._sub.name!r}, not "
-                f"{resync_name!r}")
-        self._dispatcher.add_prefix(self._sub, encode_prefix(key_prefix))
-
-    def unregister(self, key_prefix):
-        """Stop watching ``key_prefix``.
-
-        Raises RegistrationError if it is not watched.
-        """
-        self._dispatcher.remove_prefix(self._sub, encode_prefix(key_prefix))
-
-    def resync(self):
-        """Send a new resync of every watched prefix, then the changes
-        after it."""
-        self._dispatcher.request_resync(self._sub)
-
-    def close(self):
-        """End the subscription; calling it again does nothing."""
-        self._dispatcher.remove(self._sub)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
