@@ -210,7 +210,7 @@ class SharedEnv:
 
         Returns what ``apply`` returns, once the transaction is durable.
         Writers that arrive while another commits are committed together
-        in one LMDB transaction and one sync (group commit): each runs in
+        in one LMDB transaction and one sync (group commit). Each runs in
         a nested transaction of its own, so one that raises is rolled back
         alone, and each keeps the revision it assigned itself.
 
@@ -246,7 +246,7 @@ class SharedEnv:
         """Commit the queued writes as one batch, then hand over."""
         with self._writes_lock:
             # Writers that were just woken from the previous batch are
-            # about to queue again; waiting a moment for as many as last
+            # about to queue again. Waiting a moment for as many as last
             # time keeps batches full instead of alternating with batches
             # of one. A lone writer has a last batch of one and never waits.
             if len(self._writes) < self._last_batch:
@@ -360,10 +360,10 @@ class SharedEnv:
         """Drop this process's mapping of the store's pages (Linux).
 
         A scan of a large snapshot maps every page it reads, and mapped
-        file pages count in the process's resident set although the
-        kernel's page cache holds them. MADV_DONTNEED on LMDB's read-only
-        map only unmaps them; a later read maps them again from the page
-        cache, so readers in other threads see the same data.
+        file pages count in the process's resident set although they
+        belong to the kernel's page cache. MADV_DONTNEED on LMDB's
+        read-only map only unmaps them. A later read maps them again from
+        the page cache, so readers in other threads get the same data.
         """
         if _madvise is None:
             return

@@ -3,8 +3,8 @@
 Every process that watches a store binds a Unix datagram socket in the
 store's notify directory. A writer sends one empty datagram to each
 socket after a commit, so a watcher sleeps in recv() until something
-changed and burns no CPU while idle. A datagram only says "look at the
-log"; losing one to a full socket buffer is harmless because the
+changed and burns no CPU while idle. A datagram only means "read the
+log", and losing one to a full socket buffer is harmless because the
 receiver already has one pending.
 
 Writers cache the list of sockets. A new listener commits a bump of the
@@ -25,7 +25,7 @@ import threading
 
 log = logging.getLogger("datasync.store")
 
-# sun_path holds 108 bytes on Linux and 104 on macOS, with the NUL.
+# sun_path has room for 108 bytes on Linux and 104 on macOS, with the NUL.
 _MAX_SOCKET_PATH = 100
 
 

@@ -106,7 +106,7 @@ class _Services:
 
         The lease tables are read when a deadline is due, after
         invalidate(), or when ``changed`` (new revisions were seen) and
-        REAP_INTERVAL has passed since the last read; otherwise the last
+        REAP_INTERVAL has passed since the last read. Otherwise the last
         deadline is returned at no cost. So a TTL key written by another
         process that has since ended expires at most REAP_INTERVAL late.
 
@@ -266,8 +266,8 @@ class Store:
     def list_keys(self, prefix=""):
         """Return the keys under ``prefix`` as a Listing of str.
 
-        All keys are read in one transaction; ``.revision`` tells at which
-        revision.
+        All keys are read in one transaction; ``.revision`` is the revision
+        they were read at.
         """
         start = encode_prefix(prefix)
         out = Listing()
@@ -284,8 +284,8 @@ class Store:
     def list_values(self, prefix=""):
         """Return the KeyVal of every key under ``prefix`` as a Listing.
 
-        All values are read in one transaction; ``.revision`` tells at
-        which revision. Values stay bytes until get_value() is called.
+        All values are read in one transaction; ``.revision`` is the
+        revision they were read at. Values stay bytes until get_value() is called.
         """
         start = encode_prefix(prefix)
         out = Listing()
@@ -304,7 +304,7 @@ class Store:
 
         With ``prefixes``, only changes of keys under them. Changes come
         in revision order, then commit order, each with its previous
-        value. Raises CompactedError when the log no longer holds
+        value. Raises CompactedError when the log no longer contains
         ``after_revision + 1``.
         """
         index = None
@@ -436,7 +436,7 @@ class Store:
         """Commit (code, key, value, lease) operations as one revision.
 
         A lease is 0 (none), "owner" (client lifetime) or a TTL in
-        seconds; ``leased`` says whether any operation has one.
+        seconds; ``leased`` is True if any operation has one.
         """
         if not leased:
             return commit_ops(self._shared, self._services.notifier,
@@ -485,7 +485,7 @@ class Store:
         Without ``from_revision`` the subscriber first gets a resync event
         (a snapshot taken at a revision R), then exactly the changes with
         revisions above R. With it, it gets every change after that
-        revision; CompactedError is raised if the log no longer holds it.
+        revision; CompactedError is raised if the log no longer contains it.
 
         Channels are a queue.Queue, an asyncio.Queue (watch must then be
         called on its event loop) or a callable. Passing the same channel
