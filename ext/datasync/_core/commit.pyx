@@ -150,7 +150,8 @@ cdef class Applier:
                          old, HEADER_SIZE)
         return 0
 
-    cdef int _move_lease(self, bytes key, uint64_t old, uint64_t new) except -1:
+    cdef int _move_lease(self, bytes key, uint64_t old,
+                         uint64_t new) except -1:
         if old:
             self._txn.delete(lease_key(old), key, self._lease_keys)
         if new:

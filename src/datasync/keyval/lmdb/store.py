@@ -285,7 +285,8 @@ class Store:
         """Return the KeyVal of every key under ``prefix`` as a Listing.
 
         All values are read in one transaction; ``.revision`` is the
-        revision they were read at. Values stay bytes until get_value() is called.
+        revision they were read at. Values stay bytes until get_value()
+        is called.
         """
         start = encode_prefix(prefix)
         out = Listing()
