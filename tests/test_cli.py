@@ -732,3 +732,11 @@ def test_watch_signal_closes_store(db, start):
     status, rest, err = watcher.stop(signal.SIGTERM)
     assert status == EXIT_OK
     assert _sockets(db) == before
+
+
+@pytest.mark.parametrize("option", [["--nats", "127.0.0.1:4222",
+                                     "--topic", "t"],
+                                    ["--etcd", "127.0.0.1:2379"]])
+def test_demo_rejects_remote_backend(option, capsys):
+    assert main([*option, "demo", "--records", "10"]) == EXIT_USAGE
+    assert "embedded store only" in capsys.readouterr().err

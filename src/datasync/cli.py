@@ -564,6 +564,11 @@ def _print_change(revision, op, kv, value, parse, prev, parse_prev,
 def cmd_demo(args):
     from datasync import demo
 
+    for option in ("nats", "etcd"):
+        if getattr(args, option, None) is not None:
+            raise CommandError(
+                f"demo runs on the embedded store only; drop --{option}",
+                EXIT_USAGE)
     return demo.run(path=args.db, records=args.records, batch=args.batch,
                     progress=args.progress, **_map_options(args))
 
