@@ -113,8 +113,8 @@ class Subscription(Subscriber):
         self.held_until = 0.0
         self.resync_seq = 0
         self.resync_acked = False
-        # Each index stamps the subscribers it routes to, so this one gets
-        # a stand-in rather than the subscription itself.
+        # This index only filters the subscription's own changes; a
+        # stand-in subscriber carries its routing state.
         self.index = PrefixIndex()
         self.stand_in = Subscriber()
         for prefix in self.prefixes:

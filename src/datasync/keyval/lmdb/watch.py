@@ -71,8 +71,9 @@ class Subscription(Subscriber):
         # prefix of the subscription are not sent.
         self.prefix_starts = {}
         # Catch-up matches against this subscription's prefixes only. The
-        # index gets a stand-in subscriber, because each index stamps the
-        # subscribers it routes to with numbers of its own.
+        # index gets a stand-in subscriber, so that routing through it
+        # leaves alone the routing state that the shared index keeps on
+        # the subscription.
         self.own_index = PrefixIndex()
         self.stand_in = Subscriber()
         self.prefixes.extend(prefixes)
