@@ -178,7 +178,12 @@ def main(argv=None):
     print("| target | measured | baseline (same run) | ratio | met |")
     print("| --- | --- | --- | --- | --- |")
     for name, value, base, ratio, met in _rows(benches):
-        verdict = "-" if met is None else ("yes" if met else "no")
+        if met is None:
+            verdict = "-"
+        elif met:
+            verdict = "yes"
+        else:
+            verdict = "no"
         print(f"| {name} | {value} | {base} | {ratio} | {verdict} |")
     if args.plots:
         _plot(benches, args.plots)

@@ -10,7 +10,7 @@ receiver already has one pending.
 Writers cache the list of sockets. A new listener commits a bump of the
 store's listener generation after binding and reads the log only after
 that, and every writer reads the generation in its own transaction and
-lists the directory again when it changed. So a commit either sees the
+lists the directory again when it changed. So a commit either wakes the
 new socket or comes before the listener's first read of the log.
 """
 
@@ -93,7 +93,7 @@ class Notifier:
         self._drain()
         # Cleared after the drain and before the caller reads the log:
         # a commit that skipped its wake-up because this flag was set
-        # committed before this point, so that read sees it.
+        # committed before this point, so that read finds it.
         self._self_pending = False
         return True
 
