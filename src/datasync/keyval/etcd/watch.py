@@ -392,6 +392,9 @@ class WatchHub:
         if self._stream is None:
             self._stream = _Stream(self._client, self._commands)
         key, end = covering_range(sub.prefixes)
+        # NOTE: etcd accepts a start revision equal to its compaction
+        # revision, and compaction may have dropped a delete made at
+        # exactly that revision; a resume that lands there can miss it.
         sub.watch_id = next(self._watch_ids)
         self._watchers[sub.watch_id] = sub
         self._stream.send(pb.WatchRequest(
