@@ -618,6 +618,40 @@ def test_compacted_while_cut_gets_resync(private_etcd, etcd_log):
     proxy.close()
 
 
+def test_delete_at_compaction_not_missed(private_etcd, etcd_log):
+    # The only change after the watcher's cursor is a delete at exactly
+    # the compaction revision, which compaction drops from etcd's history.
+    proxy = Proxy(private_etcd.endpoint)
+    watcher = EtcdStore(proxy.endpoint, resync_on_reconnect=False)
+    writer = EtcdStore(private_etcd.endpoint)
+    chan = queue.Queue()
+    registration = watcher.watch("edge", chan, chan, "/e/")
+    next_event(chan)
+    seen = writer.put("/e/a", b"1")
+    assert collect(chan, seen)[-1].revision == seen
+
+    lost = etcd_log("lost the connection")
+    proxy.cut()
+    lost.wait_for(1)
+    deleted = writer.delete("/e/a").revision
+    assert deleted == seen + 1
+    writer.compact(deleted)
+    proxy.restore()
+
+    event = chan.get(timeout=EVENT_TIMEOUT)
+    event.done()
+    if isinstance(event, ResyncEvent):
+        assert view_of(event) == {}
+    else:
+        assert event.revision == deleted
+        assert event.changes[0].change_type is Op.DELETE
+
+    registration.close()
+    writer.close()
+    watcher.close()
+    proxy.close()
+
+
 def test_lifetime_keys_go_with_process(store, prefix, etcd_endpoint):
     chan = queue.Queue()
     registration = store.watch("owner", chan, chan, prefix)

@@ -392,14 +392,18 @@ class WatchHub:
         if self._stream is None:
             self._stream = _Stream(self._client, self._commands)
         key, end = covering_range(sub.prefixes)
-        # NOTE: etcd accepts a start revision equal to its compaction
-        # revision, and compaction may have dropped a delete made at
-        # exactly that revision; a resume that lands there can miss it.
+        # Start at the cursor itself, whose events were delivered and are
+        # skipped, not after it: etcd accepts a start revision equal to
+        # its compaction revision, where a delete may already be gone, so
+        # starting one later could miss a delete made at the compaction
+        # revision. This way any compaction past the cursor cancels the
+        # watcher as compacted, and the subscription gets a resync.
+        start = max(sub.cursor, 1)
         sub.watch_id = next(self._watch_ids)
         self._watchers[sub.watch_id] = sub
         self._stream.send(pb.WatchRequest(
             create_request=pb.WatchCreateRequest(
-                key=key, range_end=end, start_revision=sub.cursor + 1,
+                key=key, range_end=end, start_revision=start,
                 prev_kv=True, watch_id=sub.watch_id)))
         sub.state = STARTING
 
