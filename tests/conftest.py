@@ -12,8 +12,16 @@ import threading
 import time
 
 import pytest
+from hypothesis import settings
 
 import datasync
+
+# Examples run against real files, threads and servers on a 2-core CI
+# machine shared with other jobs, so a per-example deadline would fail
+# tests for the machine's load, not for a bug. Tests that set their own
+# settings override this.
+settings.register_profile("datasync", deadline=None)
+settings.load_profile("datasync")
 
 #: Seconds to wait for an event that should come; only a failing test
 #: waits this long.
