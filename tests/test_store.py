@@ -926,3 +926,13 @@ def test_watch_bad_channel_raises(store):
 def test_watch_int_prefix_raises(store):
     with pytest.raises(datasync.InvalidKeyError, match="prefix"):
         store.watch("bad", queue.Queue(), queue.Queue(), 7)
+
+
+def test_put_two_ttls_rejected(open_store):
+    store = open_store()
+
+    with pytest.raises(datasync.InvalidOptionError, match="given twice"):
+        store.put("/ttl/a", b"1", datasync.with_ttl(5), datasync.with_ttl(9))
+
+    assert store.get("/ttl/a") is None
+    assert store.revision == 0

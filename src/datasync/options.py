@@ -102,6 +102,10 @@ def split_put_options(opts):
     lifetime = False
     for opt in opts:
         if isinstance(opt, WithTTLOpt):
+            if ttl is not None:
+                raise InvalidOptionError(
+                    f"with_ttl() given twice ({ttl!r} s and {opt.ttl!r} s);"
+                    " pass one TTL per put")
             ttl = opt.ttl
         elif isinstance(opt, WithClientLifetimeTTLOpt):
             lifetime = True
