@@ -2,7 +2,7 @@
 
 A child process watches the store with a callable channel and reports
 CLOCK_MONOTONIC (shared by all processes on Linux) when its callback
-runs; the parent records the same clock when commit() returns. The
+runs, and the parent records the same clock when commit() returns. The
 figures are the median and 99th percentile of the difference over 1,000
 commits. The baseline is the floor of any cross-process wake-up: one
 Unix datagram from the parent to a child blocked in recv(), timed the

@@ -1,9 +1,9 @@
 """Delivery rate: changes reaching a consumer thread through a queue.
 
-The log holds 10,000 commits of 100 changes each (1,000,000 changes). A
-subscription that resumes from revision 0 receives them all through a
-queue.Queue read by a consumer thread; the figure is changes per second
-from watch() to the last change received. The baseline is the same
+The log contains 10,000 commits of 100 changes each (1,000,000
+changes). A subscription that resumes from revision 0 receives them all
+through a queue.Queue read by a consumer thread. The figure is changes
+per second from watch() to the last change received. The baseline is the same
 consumer thread reading the same number of pre-built events from a
 queue.Queue filled by a producer thread, which is the floor set by
 Python's queue alone.

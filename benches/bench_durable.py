@@ -3,7 +3,7 @@
 Every commit is a one-put transaction with the default synced
 durability: commit() returns only after LMDB has synced it to disk. The
 figure is commits per second with 1 thread and with 8 threads in the
-same run; the store reaches a higher rate with 8 threads only by
+same run. The store can only reach a higher rate with 8 threads by
 committing concurrent transactions together.
 """
 

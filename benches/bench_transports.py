@@ -31,7 +31,7 @@ pytestmark = pytest.mark.benchmark(group="transports-1k", min_rounds=3,
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A ``datasync serve`` subprocess; yields (gRPC target, REST URL)."""
+    """Start a ``datasync serve`` subprocess; yield (gRPC target, REST URL)."""
     db = tmp_path_factory.mktemp("serve") / "store"
     process = subprocess.Popen(
         [sys.executable, "-m", "datasync", "serve", "--db", str(db),

@@ -4,7 +4,8 @@ Usage: python benches/report.py BENCH.json [--plots DIR]
 
 Prints one markdown table row per target with the measured value, the
 baseline measured in the same run, the ratio and whether the target is
-met; with --plots, writes the routing and batch-size plots as PNG files.
+met. With --plots, it also writes the routing and batch-size plots as
+PNG files.
 """
 
 import argparse

@@ -191,7 +191,7 @@ def test_notifier_finds_socket_bound_same_tick(tmp_path):
     receiver = Notifier(str(tmp_path))
     receiver.listen(lambda: generations.append(generations[-1] + 1))
     # On a file system with coarse timestamps the bind can leave the
-    # directory's mtime unchanged; the listener generation, not the
+    # directory's mtime unchanged. The listener generation, not the
     # mtime, must make the sender list the directory again.
     os.utime(sender.directory, ns=(mtime, mtime))
     try:

@@ -593,7 +593,7 @@ def test_compacted_while_cut_gets_resync(private_etcd, etcd_log):
     writer.put("/c/c", b"3")
     writer.compact(writer.revision)
     # From the 2nd to the 5th failed attempt the back-off waits 0.2 +
-    # 0.4 + 0.8 s; a retry loop that spun would burn that CPU time.
+    # 0.4 + 0.8 s, so a retry loop that spun would burn that CPU time.
     retries.wait_for(4)
     cpu_seconds = retries.times[3] - retries.times[0]
     assert cpu_seconds < 0.5

@@ -50,7 +50,7 @@ def serve():
         adapter.close()
     # A call that ended with an error leaves reference cycles that keep
     # file descriptors (an epoll, an eventfd, a socket pair) open until
-    # the garbage collector runs; later tests may count descriptors.
+    # the garbage collector runs, and later tests may count descriptors.
     gc.collect()
 
 

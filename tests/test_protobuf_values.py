@@ -1,4 +1,4 @@
-"""Protobuf values: stored as bytes, parsed only when a consumer asks.
+"""Protobuf values: stored as bytes, parsed only on a consumer's request.
 
 Uses message types that ship with the protobuf package:
 FileDescriptorProto (proto2, nested messages and repeated fields) and

@@ -287,7 +287,7 @@ def test_slow_subscription_does_not_delay_others(store, drain):
     assert stuck.qsize() == 1
 
 
-# Watches with a queue of one event that nobody reads, commits three
+# Watches with a queue of one event that is never read, commits three
 # revisions, prints "ready", then waits on stdin.
 STUCK_CONSUMER = """
 import queue

@@ -1,7 +1,7 @@
 """Exceptions raised by datasync.
 
 Every exception derives from DatasyncError. Messages name the value that
-was rejected and say what to do next.
+was rejected and what to do next.
 """
 
 __all__ = [
@@ -86,7 +86,7 @@ class DeliveryTimeoutError(DatasyncError):
 
 
 class AggregateError(DatasyncError, ExceptionGroup):
-    """Several operations failed; ``exceptions`` holds each error."""
+    """Several operations failed; ``exceptions`` contains each error."""
 
     def __new__(cls, message, errors):
         return super().__new__(cls, message, list(errors))

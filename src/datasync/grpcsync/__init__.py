@@ -1,8 +1,8 @@
 """DataMsgService over gRPC: remote clients push changes to an agent.
 
-An Adapter serves the service and is the agent's KeyValProtoWatcher:
-its watchers receive every change and resync that clients send, with a
-revision and the previous value of each key, and the result a watcher
+An Adapter serves the service and is the agent's KeyValProtoWatcher.
+Its watchers receive every change and resync that clients send, with a
+revision and the previous value of each key. The result a watcher
 passes to done() goes back to the client. A Server runs the Adapter on
 a grpcio server, with optional TLS, a bearer token and a message size
 limit. A Client sends puts and deletes over one long-lived dataChanges

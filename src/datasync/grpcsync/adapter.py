@@ -45,8 +45,8 @@ class Adapter:
     value of its key, and the subscriber's done() result goes back to
     the client as the reply's ``result``.
 
-    ``backend`` is where operations are applied: by default a new
-    MemoryBackend with ``timeout`` seconds to wait for done(); pass a
+    ``backend`` applies the operations. By default it is a new
+    MemoryBackend with ``timeout`` seconds to wait for done(). Pass a
     StoreBackend to commit to a store instead, or the backend of a REST
     adapter to serve both transports in one order. ``types`` is a
     MessageTypes that names the message type of JSON values by key

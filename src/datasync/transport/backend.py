@@ -1,4 +1,4 @@
-"""Where the transports apply what clients send.
+"""Backends: the place where transports apply what clients send.
 
 A backend applies puts, deletes and resyncs one at a time, in the order
 they arrive from every transport and connection, on a thread of its own.
@@ -53,7 +53,7 @@ class Delete:
 
 @dataclasses.dataclass
 class Outcome:
-    """What became of one put or delete.
+    """Outcome of one put or delete.
 
     ``revision`` is the revision of the change, or the current revision
     when nothing changed (a delete of a missing key). ``deleted`` lists
@@ -74,7 +74,7 @@ class Outcome:
 
 @dataclasses.dataclass
 class ResyncOutcome:
-    """What became of one resync: a code for it and one per key."""
+    """Outcome of one resync: a code for it and one per key."""
 
     code: Result
     revision: int
@@ -208,7 +208,7 @@ class MemoryBackend(Backend):
 
         Takes the options of Registry.watch (``loop``, ``max_pending``).
         The subscriber gets change events as clients send changes and a
-        resync event when a client sends a resync; its done() result is
+        resync event when a client sends a resync. Its done() result is
         sent back to that client.
         """
         return self.registry.watch(resync_name, change_chan, resync_chan,

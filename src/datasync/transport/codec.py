@@ -40,8 +40,8 @@ from datasync.errors import InvalidKeyError
 from datasync.keyval.lmdb.store import encode_key
 from datasync.transport.errors import ProtocolError
 
-__all__ = ["BINARY", "JSON", "OPAQUE", "DEFAULT_MAX_VALUE_SIZE", "MessageTypes",
-           "ValueCodec", "parse_content_type", "decode_key"]
+__all__ = ["BINARY", "JSON", "OPAQUE", "DEFAULT_MAX_VALUE_SIZE",
+           "MessageTypes", "ValueCodec", "parse_content_type", "decode_key"]
 
 #: Content type of protobuf binary values.
 BINARY = "application/x-protobuf"

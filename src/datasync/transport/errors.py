@@ -98,8 +98,8 @@ class TransportError(DatasyncError):
     """The transport failed: the server is unreachable, rejected the
     credentials, or ended the call.
 
-    ``code`` is the gRPC status code or the HTTP status; whether the
-    request was applied is unknown unless the error says otherwise.
+    ``code`` is the gRPC status code or the HTTP status. Whether the
+    request was applied is unknown unless the error message states it.
     """
 
     def __init__(self, message, code=None):

@@ -393,10 +393,9 @@ class WatchHub:
             self._stream = _Stream(self._client, self._commands)
         key, end = covering_range(sub.prefixes)
         # Start at the cursor itself, whose events were delivered and are
-        # skipped, not after it: etcd accepts a start revision equal to
-        # its compaction revision, where a delete may already be gone, so
-        # starting one later could miss a delete made at the compaction
-        # revision. This way any compaction past the cursor cancels the
+        # skipped, not one later. etcd accepts a start revision equal to
+        # its compaction revision, where a delete may already be gone.
+        # Starting at the cursor, any compaction past it cancels the
         # watcher as compacted, and the subscription gets a resync.
         start = max(sub.cursor, 1)
         sub.watch_id = next(self._watch_ids)

@@ -117,8 +117,8 @@ def dead_owner_leases(shared, txn):
 def _proc_stat(pid):
     """Return (state, start time in clock ticks since boot), or None.
 
-    Together with the pid, the start time tells a live owner from a new
-    process that reused its pid. Only Linux exposes it (/proc/PID/stat,
+    Together with the pid, the start time distinguishes a live owner
+    from a new process that reused its pid. Only Linux exposes it (/proc/PID/stat,
     fields 3 and 22).
     """
     try:
